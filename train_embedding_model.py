@@ -56,7 +56,7 @@ def train_embedding_model(resume: bool = False, interrupt_after: int | None = No
     run_dir = os.path.join(cfg["output_dir"], cfg["save_name"])
     best_dir, last_dir = os.path.join(run_dir, "best"), os.path.join(run_dir, "last")
     os.makedirs(run_dir, exist_ok=True)
-    settings.save_settings(run_dir, cfg)
+    settings.save_settings(run_dir, cfg, temperature_in_use=settings.temperature_for(cfg))
     device = resolve_device(cfg["device"])
 
     summaries = load_summaries(cfg["train_summaries_file"])
@@ -135,7 +135,7 @@ def train_embedding_model(resume: bool = False, interrupt_after: int | None = No
             enc = {k: v.to(device, non_blocking=True) for k, v in enc.items()}
             with autocast(device, cfg["precision"]):
                 emb = embed(model, enc, cfg["pooling"]).float()  # [2n, dim]
-            loss = contrastive_loss(emb[:len(batch)], emb[len(batch):], cfg["metric"], cfg["temperature"])
+            loss = contrastive_loss(emb[:len(batch)], emb[len(batch):], cfg["metric"], settings.temperature_for(cfg))
             if not torch.isfinite(loss):
                 raise SystemExit(f"error: loss is {loss.item()} at step {step + 1}; stopped, the last good "
                                  f"checkpoint is in {last_dir} (try a lower learning_rate or higher temperature)")

@@ -39,11 +39,16 @@ def tiny_model_dir(tmp_path_factory) -> str:
 
 @pytest.fixture
 def summaries_file(tmp_path) -> str:
-    """40 papers with 3 summaries each; paper i's summaries share a topic word so training can learn."""
-    topics = ["graph", "speech", "vision", "parsing", "translation", "retrieval", "summary", "dialogue",
-              "sentiment", "entity"]
-    recs = []
-    for i in range(40):
-        t = topics[i % len(topics)]
-        recs.append({"id": f"p{i}", "summaries": [f"a study of {t} number {i} with method {j}" for j in range(3)]})
+    """40 papers x 3 summaries. Paper i's summaries share its key word, but each is wrapped in one of
+    three long filler sentences, and paper i's first and second summaries use different fillers: an
+    untrained model matches fillers, a trained one has to learn to match the key words."""
+    keys = ("graph speech vision parsing translation retrieval summary dialogue sentiment entity "
+            "music chemistry protein galaxy climate market robot language memory energy "
+            "ocean virus planet crystal engine forest river brain light sound "
+            "metal cloud bridge garden island desert winter poetry theater coffee").split()
+    fillers = ["in this paper we carefully present a new approach that is evaluated on several benchmarks about",
+               "the authors describe experiments and a broad analysis showing strong results for",
+               "our work proposes a simple yet effective method with an open source release concerning"]
+    recs = [{"id": f"p{i}", "summaries": [f"{fillers[(i + j) % 3]} {k}" for j in range(3)]}
+            for i, k in enumerate(keys)]
     return write_jsonl(tmp_path / "summaries.jsonl", recs)

@@ -1,0 +1,32 @@
+"""SemCSE end to end, as the paper's main.py: train on summary pairs, load the best checkpoint,
+evaluate it on the semantic benchmark.
+
+    python main.py                      # the embedded default: MiniLM on ACLSum, CPU, a few minutes
+    python main.py --metric=cosine --save_name=SemCSE_cosine
+    python main.py --encoder_checkpoint=KISTI-AI/Scideberta-full --train_summaries_file=data/llm_summaries.jsonl
+"""
+import sys
+
+import settings
+from load_data import DataError, ensure_default_data
+from model import ModelError, load_model
+from semantic_benchmark import evaluate_model_semantics
+from train_embedding_model import train_embedding_model
+
+
+def main() -> None:
+    settings.parse_command_line(flags={})
+    # Build data/ from the installed aclsum package if the default files are missing (no download).
+    ensure_default_data()
+    # settings.set_save_name("SemCSE")                          # the paper's setters; or edit settings.py
+    # settings.set_encoder_checkpoint("KISTI-AI/Scideberta-full")
+    best_dir = train_embedding_model()
+    model, tokenizer = load_model(best_dir)
+    evaluate_model_semantics(model, tokenizer, output_processing="last_hidden", metric=settings.metric)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (DataError, ModelError, settings.SettingsError) as e:
+        sys.exit(f"error: {e}")

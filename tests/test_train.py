@@ -1,0 +1,72 @@
+"""Training on a tiny model: it learns, resume equals an uninterrupted run, checkpoints are usable."""
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from train_embedding_model import train_embedding_model
+
+
+def run(tmp_path, name, tiny_model_dir, summaries_file, **kw):
+    cfg = dict(output_dir=str(tmp_path), save_name=name, encoder_checkpoint=tiny_model_dir,
+               train_summaries_file=summaries_file, batch_size=8, validation_size=10, eval_every=3,
+               max_steps=6, warmup_steps=2, learning_rate=1e-3, precision="fp32", device="cpu", patience=0)
+    cfg.update(kw)
+    return train_embedding_model(**cfg)
+
+
+def log_of(tmp_path, name):
+    return [json.loads(x) for x in open(os.path.join(tmp_path, name, "log.jsonl"))]
+
+
+def test_resume_gives_the_same_state_as_an_uninterrupted_run(tmp_path, tiny_model_dir, summaries_file):
+    run(tmp_path, "straight", tiny_model_dir, summaries_file)
+    run(tmp_path, "resumed", tiny_model_dir, summaries_file, interrupt_after=3)
+    state = torch.load(tmp_path / "resumed" / "last" / "training_state.pt", weights_only=False)
+    assert state["step"] == 3
+    run(tmp_path, "resumed", tiny_model_dir, summaries_file, resume=True)
+
+    a = load_file(tmp_path / "straight" / "last" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "last" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    sa = torch.load(tmp_path / "straight" / "last" / "training_state.pt", weights_only=False)
+    sb = torch.load(tmp_path / "resumed" / "last" / "training_state.pt", weights_only=False)
+    assert sa["step"] == sb["step"] == 6 and sa["best"] == sb["best"]
+    assert sa["scheduler"] == sb["scheduler"]
+    for pa, pb in zip(sa["optimizer"]["state"].values(), sb["optimizer"]["state"].values()):
+        assert torch.equal(pa["exp_avg"], pb["exp_avg"]) and torch.equal(pa["exp_avg_sq"], pb["exp_avg_sq"])
+    losses = lambda name: [(r["step"], r.get("loss")) for r in log_of(tmp_path, name) if r["step"] > 0]
+    assert losses("straight") == losses("resumed")
+
+
+def test_training_lowers_the_validation_rank_and_keeps_the_best(tmp_path):
+    # The embedded default for real: packaged MiniLM on the ACLSum summaries, a few steps.
+    import load_data
+    import settings
+
+    paths = load_data.ensure_default_data(str(tmp_path / "data"))
+    best = run(tmp_path, "learn", settings._packaged_minilm(), paths["train_summaries"], batch_size=32,
+               validation_size=50, max_steps=10, eval_every=5, learning_rate=5e-5, precision="bf16")
+    log = log_of(tmp_path, "learn")
+    initial, later = log[0]["val_mean_rank"], [r["val_mean_rank"] for r in log[1:]]
+    assert min(later) < initial - 0.2
+    assert os.path.exists(os.path.join(best, "model.safetensors"))
+    saved = json.load(open(tmp_path / "learn" / "settings.json"))
+    assert saved["max_steps"] == 10 and saved["temperature_in_use"] == 1.0
+
+
+def test_resume_refuses_a_checkpoint_of_the_other_metric(tmp_path, tiny_model_dir, summaries_file):
+    run(tmp_path, "m", tiny_model_dir, summaries_file, max_steps=3)
+    with pytest.raises(SystemExit, match="metric=euclidean"):
+        run(tmp_path, "m", tiny_model_dir, summaries_file, max_steps=6, metric="cosine", resume=True)
+
+
+def test_early_stopping_stops_after_patience(tmp_path, tiny_model_dir, summaries_file):
+    # learning rate 0: nothing changes, so no validation improves and training stops at patience
+    run(tmp_path, "stop", tiny_model_dir, summaries_file, max_steps=60, eval_every=2, patience=2, learning_rate=0.0)
+    steps = [r["step"] for r in log_of(tmp_path, "stop")]
+    assert steps == [0, 2, 4]
