@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
@@ -45,6 +46,102 @@ def contrastive_loss(a: torch.Tensor, b: torch.Tensor, metric: str, temperature:
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
+def contrastive_step(model: torch.nn.Module, tokenizer, batch: list[tuple[str, str, str]], cfg: dict,
+                     device: torch.device, scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
+    """Forward and backward of one contrastive batch of pairs (paper id, a, b); returns the loss.
+
+    Leaves in each parameter's .grad the gradient of the loss over the *global* batch:
+    - Several processes (torchrun): this process embeds only its contiguous shard of the pairs; the
+      embeddings of all processes are gathered so that negatives come from the global batch, and the
+      gradients, each the part flowing through this process's embeddings, are summed across processes.
+    - GradCache (mini_batch_size > 0): the shard is embedded in mini-batches without grad; the loss is
+      backpropagated to the cached embeddings only; then each mini-batch is embedded again with grad,
+      with the RNG replayed so dropout masks match, and its embedding gradient is pushed through it.
+      Memory then grows with mini_batch_size, not with batch_size; the result equals the plain loss.
+    """
+    world, rank = _world()
+    shard = [list(ix) for ix in np.array_split(np.arange(len(batch)), world)]
+    mine = [batch[i] for i in shard[rank]]
+    texts = [p[1] for p in mine] + [p[2] for p in mine]  # [a_1..a_m, b_1..b_m]: 2m texts
+    size = cfg["mini_batch_size"] or len(texts)
+    chunks = [texts[i:i + size] for i in range(0, len(texts), size)]
+
+    def forward(chunk: list[str]) -> torch.Tensor:  # [len(chunk), dim] float32
+        enc = tokenizer(chunk, padding=True, truncation=True, max_length=cfg["max_length"], return_tensors="pt")
+        pin = device.type == "cuda"
+        enc = {k: (v.pin_memory() if pin else v).to(device, non_blocking=True) for k, v in enc.items()}
+        with autocast(device, cfg["precision"]):
+            return embed(model, enc, cfg["pooling"]).float()
+
+    cached = len(chunks) > 1
+    if cached:
+        states = []
+        with torch.no_grad():
+            embs = []
+            for chunk in chunks:
+                states.append(_rng_state())
+                embs.append(forward(chunk))
+        after = _rng_state()
+        local = torch.cat(embs).requires_grad_()
+    else:
+        local = forward(texts)
+    a, b = _gather_pairs(local, [len(ix) for ix in shard], rank)
+    loss = contrastive_loss(a, b, cfg["metric"], settings.temperature_for(cfg))
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    if cached:
+        grads, start = local.grad, 0
+        for chunk, state in zip(chunks, states):
+            _set_rng_state(state)
+            forward(chunk).backward(grads[start:start + len(chunk)])
+            start += len(chunk)
+        _set_rng_state(after)
+    if world > 1:
+        for p in model.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+    return loss.detach()
+
+
+def _init_distributed(device: torch.device) -> tuple[int, int]:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1): NCCL on GPUs, gloo on CPUs."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return _world()
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def _gather_pairs(local: torch.Tensor, sizes: list[int], rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """local [2m, dim] = this process's [a; b]; returns global a, b [n, dim] in batch order. Only this
+    process's rows carry grad (the others' gradients are computed, and summed in, by their owners)."""
+    world = len(sizes)
+    if world == 1:
+        m = len(local) // 2
+        return local[:m], local[m:]
+    padded = local.new_zeros(2 * max(sizes), local.shape[1])  # all_gather needs equal shapes
+    padded[:len(local)] = local.detach()
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    parts[rank] = local
+    a = torch.cat([p[:m] for p, m in zip(parts, sizes)])
+    b = torch.cat([p[m:2 * m] for p, m in zip(parts, sizes)])
+    return a, b
+
+
+def _rng_state() -> tuple:
+    return torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+
+
+def _set_rng_state(state: tuple) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state_all(state[1])
+
+
 def train_embedding_model(resume: bool = False, interrupt_after: int | None = None, **overrides) -> str:
     """Train from settings (plus `overrides`), keep the best checkpoint; returns its folder.
 
@@ -55,9 +152,16 @@ def train_embedding_model(resume: bool = False, interrupt_after: int | None = No
     cfg = settings.resolved(**overrides)
     run_dir = os.path.join(cfg["output_dir"], cfg["save_name"])
     best_dir, last_dir = os.path.join(run_dir, "best"), os.path.join(run_dir, "last")
-    os.makedirs(run_dir, exist_ok=True)
-    settings.save_settings(run_dir, cfg, temperature_in_use=settings.temperature_for(cfg))
     device = resolve_device(cfg["device"])
+    world, rank = _init_distributed(device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    main_process = rank == 0  # only it writes files and prints; all processes validate (cheap)
+    say = print if main_process else (lambda *a, **k: None)
+    if main_process:
+        os.makedirs(run_dir, exist_ok=True)
+        settings.save_settings(run_dir, cfg, temperature_in_use=settings.temperature_for(cfg), processes=world)
 
     summaries = load_summaries(cfg["train_summaries_file"])
     train, val = split_validation(summaries, cfg["validation_size"], cfg["seed"])
@@ -73,8 +177,9 @@ def train_embedding_model(resume: bool = False, interrupt_after: int | None = No
             raise SystemExit(f"error: {state_path}: checkpoint was trained with metric={state['metric']}, "
                              f"settings say metric={cfg['metric']}")
     elif resume:
-        print(f"note: no checkpoint at {last_dir}; starting from scratch")
-    model, tokenizer = load_model(last_dir if state else cfg["encoder_checkpoint"], cfg["device"])
+        say(f"note: no checkpoint at {last_dir}; starting from scratch")
+    model, tokenizer = load_model(last_dir if state else cfg["encoder_checkpoint"], str(device))
+    train_model = torch.compile(model) if cfg["compile"] else model  # same weights; saving uses `model`
 
     def epoch_batches(epoch: int) -> list[list[tuple[str, str, str]]]:
         # Order depends only on (seed, epoch), so a resumed run sees the same batches.
@@ -95,6 +200,8 @@ def train_embedding_model(resume: bool = False, interrupt_after: int | None = No
         return float(partner_ranks(q, t, metric=cfg["metric"]).mean())
 
     def log(record: dict) -> None:
+        if not main_process:
+            return
         with open(os.path.join(run_dir, "log.jsonl"), "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -108,17 +215,20 @@ def train_embedding_model(resume: bool = False, interrupt_after: int | None = No
         step, epoch, pos = state["step"], state["epoch"], state["batch_in_epoch"]
         best, bad = state["best"], state["bad_validations"]
         initial = state["initial"]
-        print(f"resumed from {last_dir} at step {step} (best validation mean rank {best:.3f})")
+        say(f"resumed from {last_dir} at step {step} (best validation mean rank {best:.3f})")
     else:
-        torch.manual_seed(cfg["seed"])
+        torch.manual_seed(cfg["seed"] + rank)  # different dropout masks in each process
         step, epoch, pos, bad = 0, 0, 0, 0
         best = initial = validate()
-        save_model(model, tokenizer, best_dir, cfg["metric"], cfg["max_length"], cfg["pooling"])
+        if main_process:
+            save_model(model, tokenizer, best_dir, cfg["metric"], cfg["max_length"], cfg["pooling"])
         log({"step": 0, "val_mean_rank": initial, "of": len(val_ids)})
-    print(f"{len(train)} training papers, {steps_per_epoch} batches/epoch, {total_steps} steps; "
+    say(f"{len(train)} training papers, {steps_per_epoch} batches/epoch, {total_steps} steps; "
           f"validation on {len(val_ids)} held-out papers, mean partner rank before training: {initial:.3f}")
 
     def checkpoint() -> None:
+        if not main_process:
+            return
         save_model(model, tokenizer, last_dir, cfg["metric"], cfg["max_length"], cfg["pooling"], training_state={
             "step": step, "epoch": epoch, "batch_in_epoch": pos, "best": best, "bad_validations": bad, "initial": initial, "metric": cfg["metric"],
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
@@ -126,21 +236,15 @@ def train_embedding_model(resume: bool = False, interrupt_after: int | None = No
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None})
 
     model.train()
-    bar = tqdm(total=total_steps, initial=step, desc="train", dynamic_ncols=True)
+    bar = tqdm(total=total_steps, initial=step, desc="train", dynamic_ncols=True, disable=not main_process)
     stopped, started, interrupted = False, time.time(), False
     while step < total_steps and not stopped:
         for batch in epoch_batches(epoch)[pos:]:
-            texts = [p[1] for p in batch] + [p[2] for p in batch]  # [a_1..a_n, b_1..b_n]
-            enc = tokenizer(texts, padding=True, truncation=True, max_length=cfg["max_length"], return_tensors="pt")
-            enc = {k: v.to(device, non_blocking=True) for k, v in enc.items()}
-            with autocast(device, cfg["precision"]):
-                emb = embed(model, enc, cfg["pooling"]).float()  # [2n, dim]
-            loss = contrastive_loss(emb[:len(batch)], emb[len(batch):], cfg["metric"], settings.temperature_for(cfg))
+            optimizer.zero_grad(set_to_none=True)
+            loss = contrastive_step(train_model, tokenizer, batch, cfg, device, scaler)
             if not torch.isfinite(loss):
                 raise SystemExit(f"error: loss is {loss.item()} at step {step + 1}; stopped, the last good "
                                  f"checkpoint is in {last_dir} (try a lower learning_rate or higher temperature)")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["max_grad_norm"])
             scaler.step(optimizer)
@@ -150,19 +254,21 @@ def train_embedding_model(resume: bool = False, interrupt_after: int | None = No
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}", best=f"{best:.3f}")
             if step % cfg["eval_every"] == 0 or step == total_steps:
-                rank = validate()
+                score = validate()
                 model.train()
-                log({"step": step, "loss": loss.item(), "val_mean_rank": rank, "lr": scheduler.get_last_lr()[0],
+                log({"step": step, "loss": loss.item(), "val_mean_rank": score, "lr": scheduler.get_last_lr()[0],
                      "seconds": round(time.time() - started, 1)})
-                if rank < best:
-                    best, bad = rank, 0
-                    save_model(model, tokenizer, best_dir, cfg["metric"], cfg["max_length"], cfg["pooling"])
+                if score < best:
+                    best, bad = score, 0
+                    if main_process:
+                        save_model(model, tokenizer, best_dir, cfg["metric"], cfg["max_length"], cfg["pooling"])
                 else:
                     bad += 1
                 checkpoint()
-                tqdm.write(f"step {step}: validation mean rank {rank:.3f} (best {best:.3f})")
+                if main_process:
+                    tqdm.write(f"step {step}: validation mean rank {score:.3f} (best {best:.3f})")
                 if cfg["patience"] and bad >= cfg["patience"]:
-                    tqdm.write(f"early stopping: {bad} validations without improvement")
+                    say(f"early stopping: {bad} validations without improvement")
                     stopped = True
             if interrupt_after is not None and step >= interrupt_after:
                 stopped = interrupted = True
@@ -171,8 +277,10 @@ def train_embedding_model(resume: bool = False, interrupt_after: int | None = No
         else:
             epoch, pos = epoch + 1, 0
     bar.close()
+    if world > 1:
+        dist.barrier()  # the others wait until the main process has written the checkpoints
     if not interrupted:
-        print(f"validation mean rank of the partner summary ({len(val_ids)} held-out papers, 1 = perfect): "
+        say(f"validation mean rank of the partner summary ({len(val_ids)} held-out papers, 1 = perfect): "
               f"untrained {initial:.3f} -> trained (best) {best:.3f}")
     return best_dir
 
