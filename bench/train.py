@@ -1,0 +1,125 @@
+"""Training speed: our training step against sentence-transformers' trainer, same work.
+
+    python bench/train.py [--steps=20] [--batch_size=32] [--max_length=128]
+
+Both sides train the packaged all-MiniLM-L6-v2 on the same summary pairs (the default ACLSum
+training pairs), with the same batch size, max length, AdamW settings, gradient clipping and
+precision (bf16 autocast where supported), a symmetric in-batch loss (ours: InfoNCE both ways;
+theirs: MultipleNegativesRankingLoss with directions query_to_doc + doc_to_query), each in its
+own child process. After 3 warm-up steps, `steps` optimizer steps are timed. The last line is the
+ratio of pairs per second.
+"""
+import os
+import random
+import resource
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import settings  # noqa: E402
+from common import run_in_child  # noqa: E402
+
+WARMUP = 3
+
+
+def pairs(n: int) -> list[tuple[str, str, str]]:
+    from load_data import ensure_default_data, load_summaries, make_pairs
+
+    ps = make_pairs(load_summaries(ensure_default_data()["train_summaries"]), random.Random(0))
+    return (ps * (n // len(ps) + 1))[:n]
+
+
+def peak_mb() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def ours(cfg: dict, steps: int, queue) -> None:
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    from load_data import batches_without_duplicates
+    from model import load_model, resolve_device
+    from train_embedding_model import contrastive_step
+
+    settings.update(**cfg)
+    cfg, device = settings.resolved(), resolve_device()
+    data = pairs((steps + WARMUP) * cfg["batch_size"] * 2)
+    batches = [[data[i] for i in b] for b in batches_without_duplicates([p[0] for p in data], cfg["batch_size"])]
+    model, tok = load_model(settings._packaged_minilm())
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"],
+                            fused=device.type == "cuda")
+    sched = get_linear_schedule_with_warmup(opt, 0, steps + WARMUP)
+    for i, batch in enumerate(batches[:steps + WARMUP]):
+        if i == WARMUP:
+            start = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        contrastive_step(model, tok, batch, cfg, device)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["max_grad_norm"])
+        opt.step()
+        sched.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    queue.put({"seconds": time.perf_counter() - start, "peak_mb": peak_mb()})
+
+
+def theirs(cfg: dict, steps: int, queue) -> None:
+    import tempfile
+
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
+    from transformers import TrainerCallback
+
+    from model import resolve_device
+
+    settings.update(**cfg)
+    device = resolve_device()
+    data = pairs((steps + WARMUP) * settings.batch_size)
+    model = SentenceTransformer(settings._packaged_minilm(), device=str(device))
+    model.max_seq_length = settings.max_length
+    loss = MultipleNegativesRankingLoss(model, directions=("query_to_doc", "doc_to_query"))
+    times = {}
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            if state.global_step == WARMUP:
+                times["start"] = time.perf_counter()
+
+        def on_train_end(self, args, state, control, **kw):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times["end"] = time.perf_counter()
+
+    bf16 = settings.precision in ("auto", "bf16") and (device.type == "cpu" or torch.cuda.is_bf16_supported())
+    args = SentenceTransformerTrainingArguments(
+        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=settings.batch_size, max_steps=steps + WARMUP,
+        learning_rate=settings.learning_rate, weight_decay=settings.weight_decay, max_grad_norm=settings.max_grad_norm,
+        warmup_steps=0, bf16=bf16, use_cpu=device.type == "cpu", save_strategy="no", report_to="none",
+        logging_steps=10**6, disable_tqdm=True, dataloader_num_workers=0, batch_sampler="no_duplicates")
+    dataset = Dataset.from_dict({"anchor": [p[1] for p in data], "positive": [p[2] for p in data]})
+    SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss,
+                               callbacks=[Clock()]).train()
+    queue.put({"seconds": times["end"] - times["start"], "peak_mb": peak_mb()})
+
+
+if __name__ == "__main__":
+    import torch
+
+    flags = settings.parse_command_line(flags={"steps": 20})
+    a = run_in_child(ours, settings.resolved(), flags["steps"])
+    b = run_in_child(theirs, settings.resolved(), flags["steps"])
+    n = flags["steps"] * settings.batch_size
+    device = "cuda" if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores, torch {torch.__version__})"
+    print(f"train: {flags['steps']} timed steps of {settings.batch_size} pairs, max_length {settings.max_length}, "
+          f"precision {settings.precision}, device {device}")
+    print("| side | pairs/s | peak memory (MiB) |\n|---|---|---|")
+    print(f"| ours: contrastive_step + AdamW | {n / a['seconds']:.1f} | {a['peak_mb']:.0f} |")
+    print(f"| SentenceTransformerTrainer + MNRL | {n / b['seconds']:.1f} | {b['peak_mb']:.0f} |")
+    print(f"ratio (ours / sentence-transformers, pairs per second): {b['seconds'] / a['seconds']:.2f}x")
