@@ -226,7 +226,10 @@ def batches_without_duplicates(pair_ids: list[str], batch_size: int) -> list[lis
     return batches
 
 
-if __name__ == "__main__":
-    settings.parse_command_line(flags={})
-    for name, p in ensure_default_data().items():
+def _main(overwrite: bool = False) -> None:
+    for name, p in ensure_default_data(overwrite=overwrite).items():
         print(f"{name}: {p}")
+
+
+if __name__ == "__main__":
+    settings.cli(_main, flags={"overwrite": False})

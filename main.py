@@ -5,17 +5,14 @@ evaluate it on the semantic benchmark.
     python main.py --metric=cosine --save_name=SemCSE_cosine
     python main.py --encoder_checkpoint=KISTI-AI/Scideberta-full --train_summaries_file=data/llm_summaries.jsonl
 """
-import sys
-
 import settings
-from load_data import DataError, ensure_default_data
-from model import ModelError, load_model
+from load_data import ensure_default_data
+from model import load_model
 from semantic_benchmark import evaluate_model_semantics
 from train_embedding_model import train_embedding_model
 
 
 def main() -> None:
-    settings.parse_command_line(flags={})
     # Build data/ from the installed aclsum package if the default files are missing (no download).
     ensure_default_data()
     # settings.set_save_name("SemCSE")                          # the paper's setters; or edit settings.py
@@ -26,7 +23,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (DataError, ModelError, settings.SettingsError) as e:
-        sys.exit(f"error: {e}")
+    settings.cli(main)

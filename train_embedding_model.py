@@ -28,8 +28,13 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 import settings
+from settings import SettingsError
 from load_data import batches_without_duplicates, load_summaries, make_pairs, split_validation
 from model import autocast, embed, encode, load_model, partner_ranks, resolve_device, save_model
+
+
+class TrainingError(ValueError):
+    """Training cannot go on (a non-finite loss); the message says why and where the last checkpoint is."""
 
 
 def contrastive_loss(a: torch.Tensor, b: torch.Tensor, metric: str, temperature: float) -> torch.Tensor:
@@ -174,7 +179,7 @@ def train_embedding_model(resume: bool = False, interrupt_after: int | None = No
     if resume and os.path.exists(state_path):
         state = torch.load(state_path, map_location="cpu", weights_only=False)
         if state["metric"] != cfg["metric"]:
-            raise SystemExit(f"error: {state_path}: checkpoint was trained with metric={state['metric']}, "
+            raise SettingsError(f"{state_path}: checkpoint was trained with metric={state['metric']}, "
                              f"settings say metric={cfg['metric']}")
     elif resume:
         say(f"note: no checkpoint at {last_dir}; starting from scratch")
@@ -243,7 +248,7 @@ def train_embedding_model(resume: bool = False, interrupt_after: int | None = No
             optimizer.zero_grad(set_to_none=True)
             loss = contrastive_step(train_model, tokenizer, batch, cfg, device, scaler)
             if not torch.isfinite(loss):
-                raise SystemExit(f"error: loss is {loss.item()} at step {step + 1}; stopped, the last good "
+                raise TrainingError(f"loss is {loss.item()} at step {step + 1}; stopped, the last good "
                                  f"checkpoint is in {last_dir} (try a lower learning_rate or higher temperature)")
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["max_grad_norm"])
@@ -286,5 +291,4 @@ def train_embedding_model(resume: bool = False, interrupt_after: int | None = No
 
 
 if __name__ == "__main__":
-    flags = settings.parse_command_line(flags={"resume": False})
-    train_embedding_model(resume=flags["resume"])
+    settings.cli(train_embedding_model, flags={"resume": False})

@@ -29,13 +29,26 @@ def test_overrides_are_typed_and_applied():
     ("--batch_size", ["batch_size", "needs a value"]),
     ("metric=cosine", ["--key=value"]),
 ])
-def test_bad_overrides_exit_with_a_message_naming_the_setting(arg, words):
-    with pytest.raises(SystemExit) as e:
+def test_bad_overrides_exit_2_with_one_line_naming_the_setting(arg, words, capsys):
+    with pytest.raises(settings.SettingsError):
         settings.parse_command_line([arg], flags={"resume": False})
-    message = str(e.value.code)
-    assert message.startswith("error:") and "\n" not in message
+    with pytest.raises(SystemExit) as e:
+        settings.cli(lambda resume: None, flags={"resume": False}, argv=[arg])
+    assert e.value.code == 2
+    message = capsys.readouterr().err
+    assert message.startswith("error:") and message.count("\n") == 1
     for w in words:
         assert w in message
+
+
+def test_cli_shows_the_traceback_only_with_debug():
+    def main():
+        raise FileNotFoundError("data/x.jsonl: file not found")
+
+    with pytest.raises(SystemExit):
+        settings.cli(main, argv=[])
+    with pytest.raises(FileNotFoundError):
+        settings.cli(main, argv=["--debug"])
 
 
 def test_resolved_checks_without_changing_the_module():

@@ -6,6 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import settings
+
 from train_embedding_model import train_embedding_model
 
 
@@ -46,7 +48,6 @@ def test_resume_gives_the_same_state_as_an_uninterrupted_run(tmp_path, tiny_mode
 def test_training_lowers_the_validation_rank_and_keeps_the_best(tmp_path):
     # The embedded default for real: packaged MiniLM on the ACLSum summaries, a few steps.
     import load_data
-    import settings
 
     paths = load_data.ensure_default_data(str(tmp_path / "data"))
     best = run(tmp_path, "learn", settings._packaged_minilm(), paths["train_summaries"], batch_size=32,
@@ -61,7 +62,7 @@ def test_training_lowers_the_validation_rank_and_keeps_the_best(tmp_path):
 
 def test_resume_refuses_a_checkpoint_of_the_other_metric(tmp_path, tiny_model_dir, summaries_file):
     run(tmp_path, "m", tiny_model_dir, summaries_file, max_steps=3)
-    with pytest.raises(SystemExit, match="metric=euclidean"):
+    with pytest.raises(settings.SettingsError, match="metric=euclidean"):
         run(tmp_path, "m", tiny_model_dir, summaries_file, max_steps=6, metric="cosine", resume=True)
 
 
@@ -70,3 +71,25 @@ def test_early_stopping_stops_after_patience(tmp_path, tiny_model_dir, summaries
     run(tmp_path, "stop", tiny_model_dir, summaries_file, max_steps=60, eval_every=2, patience=2, learning_rate=0.0)
     steps = [r["step"] for r in log_of(tmp_path, "stop")]
     assert steps == [0, 2, 4]
+
+
+def test_a_non_finite_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_path, tiny_model_dir, summaries_file,
+                                                                             monkeypatch):
+    import train_embedding_model as T
+
+    calls = {"n": 0}
+    real = T.contrastive_loss
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        loss = real(*a, **k)
+        return loss * float("nan") if calls["n"] == 5 else loss
+
+    monkeypatch.setattr(T, "contrastive_loss", poisoned)
+    with pytest.raises(T.TrainingError, match="loss is nan at step 5.*last good checkpoint"):
+        run(tmp_path, "nan", tiny_model_dir, summaries_file, max_steps=9)
+    state = torch.load(tmp_path / "nan" / "last" / "training_state.pt", weights_only=False)
+    assert state["step"] == 3
+    monkeypatch.setattr(T, "contrastive_loss", real)
+    run(tmp_path, "nan", tiny_model_dir, summaries_file, max_steps=9, resume=True)  # goes on from step 3
+    assert [r["step"] for r in log_of(tmp_path, "nan")] == [0, 3, 6, 9]
