@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
+from typing import Any, Callable
 
 
 def _packaged_minilm() -> str:
@@ -59,22 +59,28 @@ seed = 0
 device = "auto"                 # "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1", ...
 precision = "auto"              # "auto" (bf16 where supported), "bf16", "fp16" (cuda only), "fp32"
 encode_batch_size = 64          # texts per forward pass when encoding (validation, benchmark)
+mini_batch_size = 0             # GradCache: >0 embeds each batch (batch_size pairs = 2*batch_size texts)
+                                #   in mini-batches of this many texts; memory follows this, not batch_size
+compile = False                 # torch.compile the encoder for training (GPU; slow to start)
 
 # Benchmark
 knn_k = 10                      # neighbours for the kNN clustering score
 baseline_models = ""            # extra models for --baselines, comma-separated "name_or_path[:pooling]"
 
-# LLM generation (any OpenAI-compatible server; OPENAI_BASE_URL / OPENAI_API_KEY env vars win)
+# LLM generation (any OpenAI-compatible server). Precedence: command line > the OPENAI_BASE_URL /
+# OPENAI_API_KEY environment variables > the values here (see llm.apply_environment).
 llm_base_url = "http://127.0.0.1:8000/v1"
-llm_model = "local-model"
+llm_model = "local-model"       # the server's model name (llama.cpp's server answers to any name)
 llm_api_key = ""                # prefer the OPENAI_API_KEY environment variable; never written anywhere
-summaries_per_abstract = 4      # summaries generated per abstract
+summaries_per_abstract = 4      # summaries generated per abstract (all in one request, as a JSON list)
 llm_temperature = 0.7
 llm_top_p = 0.95
 llm_max_tokens = 512
-llm_concurrency = 8             # requests in flight at once
+llm_concurrency = 8             # requests in flight at once (a CPU llama.cpp server: 1-2)
 llm_retries = 3                 # content retries (invalid/empty JSON); transport retries are the client's
+llm_http_retries = 5            # the openai client's retries for connection errors, timeouts, 408/409/429/5xx
 llm_timeout = 120.0             # seconds per request
+llm_response_format = "auto"    # "auto" (JSON mode, dropped if the server rejects it), "json_object", "none"
 generation_corpus_file = "data/train_corpus.jsonl"  # papers to summarize
 generated_summaries_file = "data/llm_summaries.jsonl"
 query_corpus_file = "data/benchmark_corpus.jsonl"   # papers to write search queries for
@@ -148,38 +154,59 @@ def parse_command_line(argv: list[str] | None = None, flags: dict[str, Any] | No
     """Apply `--key=value` overrides of settings from argv; return the script's own `flags`.
 
     `flags` maps a script's own option names to defaults (e.g. {"resume": False}); a bool flag
-    may be given bare (`--resume`). Unknown names and bad values exit with a one-line message.
+    may be given bare (`--resume`). Unknown names and bad values raise SettingsError.
     """
     argv = sys.argv[1:] if argv is None else argv
     own = dict(flags or {})
     for arg in argv:
         if not arg.startswith("--"):
-            raise SystemExit(f"error: argument '{arg}' is not of the form --key=value")
+            raise SettingsError(f"argument '{arg}' is not of the form --key=value")
         key, has_value, value = arg[2:].partition("=")
         key = key.replace("-", "_")
-        try:
-            if key in own:
-                default = own[key]
-                if isinstance(default, bool) and not has_value:
-                    own[key] = True
-                elif not has_value:
-                    raise SettingsError(f"option '--{key}' needs a value: --{key}=VALUE")
-                elif isinstance(default, bool):
-                    own[key] = value.lower() in ("true", "1", "yes")
-                elif default is None or isinstance(default, str):
-                    own[key] = value
-                else:
-                    own[key] = type(default)(value)
-            elif key in _TYPES:
-                if not has_value:
-                    raise SettingsError(f"setting '--{key}' needs a value: --{key}=VALUE")
-                update(**{key: value})
+        if key in own:
+            default = own[key]
+            if isinstance(default, bool) and not has_value:
+                own[key] = True
+            elif not has_value:
+                raise SettingsError(f"option '--{key}' needs a value: --{key}=VALUE")
+            elif isinstance(default, bool):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise SettingsError(f"option '--{key}' must be true or false, got '{value}'")
+                own[key] = value.lower() in ("true", "1", "yes")
+            elif default is None or isinstance(default, str):
+                own[key] = value
             else:
-                names = sorted(own) + ["<any setting in settings.py>"]
-                raise SettingsError(f"unknown option or setting '--{key}' (known: {', '.join('--' + n for n in names)})")
-        except (SettingsError, ValueError) as e:
-            raise SystemExit(f"error: {e}") from None
+                try:
+                    own[key] = type(default)(value)
+                except ValueError:
+                    raise SettingsError(f"option '--{key}' must be {type(default).__name__}, got '{value}'") from None
+        elif key in _TYPES:
+            if not has_value:
+                raise SettingsError(f"setting '--{key}' needs a value: --{key}=VALUE")
+            update(**{key: value})
+        else:
+            names = sorted(own) + ["<any setting in settings.py>"]
+            raise SettingsError(f"unknown option or setting '--{key}' (known: {', '.join('--' + n for n in names)})")
     return own
+
+
+def cli(main: Callable[..., Any], flags: dict[str, Any] | None = None, argv: list[str] | None = None) -> None:
+    """Run a script's `main(**flags)` after applying the command line, with the project's error policy:
+    bad input (settings, data, model folders, files; any ValueError or OSError) prints one line
+    `error: ...` to stderr and exits with code 2. `--debug` shows the traceback instead."""
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        main(**parse_command_line([a for a in argv if a != "--debug"], flags))
+    except (ValueError, OSError) as e:
+        if debug:
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        print(f"error: {first}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; outputs written so far are kept (rerun to continue)", file=sys.stderr)
+        sys.exit(130)
 
 
 def save_settings(folder: str, cfg: dict[str, Any] | None = None, **extra: Any) -> str:
