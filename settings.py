@@ -59,6 +59,10 @@ seed = 0
 device = "auto"                 # "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1", ...
 precision = "auto"              # "auto" (bf16 where supported), "bf16", "fp16" (cuda only), "fp32"
 encode_batch_size = 64          # texts per forward pass when encoding (validation, benchmark)
+objective = "semcse"            # "semcse": pairs of two different summaries of one abstract (the paper);
+                                # "simcse_unsup": each summary against itself under two dropout masks
+                                # (SimCSE); "sarcse": simcse_unsup + token reconstruction (SARCSE)
+reconstruction_weight = 0.1     # sarcse: loss = contrastive + reconstruction_weight * reconstruction
 mini_batch_size = 0             # GradCache: >0 embeds each batch (batch_size pairs = 2*batch_size texts)
                                 #   in mini-batches of this many texts; memory follows this, not batch_size
 compile = False                 # torch.compile the encoder for training (GPU; slow to start)
@@ -66,6 +70,7 @@ compile = False                 # torch.compile the encoder for training (GPU; s
 # Benchmark
 knn_k = 10                      # neighbours for the kNN clustering score
 baseline_models = ""            # extra models for --baselines, comma-separated "name_or_path[:pooling]"
+embedding_cache_dir = "cache/embeddings"  # benchmark embeddings, keyed by weights+settings+texts hash ("" = off)
 
 # LLM generation (any OpenAI-compatible server). Precedence: command line > the OPENAI_BASE_URL /
 # OPENAI_API_KEY environment variables > the values here (see llm.apply_environment).
@@ -90,6 +95,7 @@ query_corpus_file = "data/benchmark_corpus.jsonl"   # papers to write search que
 _TYPES: dict[str, type] = {k: type(v) for k, v in dict(globals()).items()
                            if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
 _CHOICES = {"metric": ("euclidean", "cosine"), "pooling": ("cls", "mean"),
+            "objective": ("semcse", "simcse_unsup", "sarcse"),
             "precision": ("auto", "bf16", "fp16", "fp32")}
 _SECRET = {"llm_api_key"}
 

@@ -10,6 +10,12 @@ Euclidean mode uses the plain (not squared) distance ||a - b||_2 of the raw CLS 
 distance the released SemCSE model is evaluated with; the vectors are not normalized, so their
 scale is learned along with them.
 
+Other objectives (setting `objective`), on the same data and loss, for comparison:
+- simcse_unsup (SimCSE, Gao et al. 2021): a_i = b_i = one summary; the two views differ only by
+  dropout, since the batch is embedded in train mode with a fresh mask per row.
+- sarcse (SARCSE, Liu et al. 2024): simcse_unsup + reconstruction_weight * a token-reconstruction
+  loss from a training-time head (ReconstructionHead below); the saved model has no head.
+
     python train_embedding_model.py [--resume] [--key=value ...]
 """
 from __future__ import annotations
@@ -23,6 +29,7 @@ import time
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
@@ -30,7 +37,7 @@ from transformers import get_linear_schedule_with_warmup
 import settings
 from settings import SettingsError
 from load_data import batches_without_duplicates, load_summaries, make_pairs, split_validation
-from model import autocast, embed, encode, load_model, partner_ranks, resolve_device, save_model
+from model import autocast, embed, encode, load_model, partner_ranks, pool, resolve_device, save_model
 
 
 class TrainingError(ValueError):
@@ -51,8 +58,60 @@ def contrastive_loss(a: torch.Tensor, b: torch.Tensor, metric: str, temperature:
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
+def training_pairs(summaries: dict[str, list[str]], objective: str, rng: random.Random) -> list[tuple[str, str, str]]:
+    """One epoch's (paper id, a, b) pairs: semcse, two different summaries of a paper; simcse_unsup and
+    sarcse, each summary with itself (the two views then differ only by their dropout masks)."""
+    if objective == "semcse":
+        return make_pairs(summaries, rng)
+    pairs = [(pid, s, s) for pid in sorted(summaries) for s in summaries[pid]]
+    rng.shuffle(pairs)
+    return pairs
+
+
+class ReconstructionHead(nn.Module):
+    """SARCSE's token-reconstruction autoencoder on the encoder's last-layer token states.
+
+    TextCNN encoder: Conv1d over the tokens with kernel sizes 3, 4 and 5 ("same" padding), each with
+    dim // 4 channels, ReLU -> a per-token code of 3 * dim // 4 (a bottleneck below dim). Decoder:
+    Linear back to dim. It must rebuild each token's *input* word embedding (detached), so the last
+    layer has to keep what identifies the tokens. Loss per token = mean squared error over dim,
+    averaged with weights `token_weight[token id]` that fall with corpus frequency (see
+    `token_weights`), special tokens and padding weighing 0.
+    """
+
+    def __init__(self, dim: int, token_weight: torch.Tensor):
+        super().__init__()
+        channels = max(1, dim // 4)
+        self.convs = nn.ModuleList(nn.Conv1d(dim, channels, k, padding="same") for k in (3, 4, 5))
+        self.decoder = nn.Linear(3 * channels, dim)
+        self.register_buffer("token_weight", token_weight.float(), persistent=False)
+
+    def forward(self, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                target: torch.Tensor) -> torch.Tensor:
+        """hidden, target: [batch, tokens, dim]; input_ids, attention_mask: [batch, tokens] -> scalar."""
+        x = hidden.transpose(1, 2)                                        # [batch, dim, tokens]
+        code = torch.cat([F.relu(conv(x)) for conv in self.convs], dim=1)  # [batch, 3*channels, tokens]
+        rebuilt = self.decoder(code.transpose(1, 2))                      # [batch, tokens, dim]
+        per_token = ((rebuilt - target) ** 2).mean(-1)                    # [batch, tokens]
+        w = self.token_weight[input_ids] * attention_mask
+        return (per_token * w).sum() / w.sum().clamp(min=1e-9)
+
+
+def token_weights(tokenizer, texts: list[str], max_length: int) -> torch.Tensor:
+    """[vocab] weights that fall with a token's frequency: smoothed IDF, log((1 + N) / (1 + n_t)) + 1,
+    with N texts and n_t of them containing token t (>= 1 for every token; unseen tokens get the
+    largest). Special tokens weigh 0: rebuilding [CLS] or [SEP] teaches nothing."""
+    n = torch.zeros(len(tokenizer), dtype=torch.float64)
+    for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]:
+        n[list(set(ids))] += 1
+    w = torch.log((1 + len(texts)) / (1 + n)) + 1
+    w[tokenizer.all_special_ids] = 0
+    return w.float()
+
+
 def contrastive_step(model: torch.nn.Module, tokenizer, batch: list[tuple[str, str, str]], cfg: dict,
-                     device: torch.device, scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
+                     device: torch.device, scaler: torch.amp.GradScaler | None = None,
+                     head: ReconstructionHead | None = None) -> torch.Tensor:
     """Forward and backward of one contrastive batch of pairs (paper id, a, b); returns the loss.
 
     Leaves in each parameter's .grad the gradient of the loss over the *global* batch:
@@ -63,6 +122,7 @@ def contrastive_step(model: torch.nn.Module, tokenizer, batch: list[tuple[str, s
       backpropagated to the cached embeddings only; then each mini-batch is embedded again with grad,
       with the RNG replayed so dropout masks match, and its embedding gradient is pushed through it.
       Memory then grows with mini_batch_size, not with batch_size; the result equals the plain loss.
+    - SARCSE (`head` given): adds reconstruction_weight * the head's loss on this process's texts.
     """
     world, rank = _world()
     shard = [list(ix) for ix in np.array_split(np.arange(len(batch)), world)]
@@ -71,14 +131,23 @@ def contrastive_step(model: torch.nn.Module, tokenizer, batch: list[tuple[str, s
     size = cfg["mini_batch_size"] or len(texts)
     chunks = [texts[i:i + size] for i in range(0, len(texts), size)]
 
+    aux = []  # SARCSE's reconstruction loss of each forward pass
+
     def forward(chunk: list[str]) -> torch.Tensor:  # [len(chunk), dim] float32
         enc = tokenizer(chunk, padding=True, truncation=True, max_length=cfg["max_length"], return_tensors="pt")
         pin = device.type == "cuda"
         enc = {k: (v.pin_memory() if pin else v).to(device, non_blocking=True) for k, v in enc.items()}
         with autocast(device, cfg["precision"]):
-            return embed(model, enc, cfg["pooling"]).float()
+            if head is None:
+                return embed(model, enc, cfg["pooling"]).float()
+            hidden = model(**enc).last_hidden_state
+            target = model.get_input_embeddings()(enc["input_ids"]).detach()
+            aux.append(head(hidden.float(), enc["input_ids"], enc["attention_mask"], target.float()))
+            return pool(hidden, enc["attention_mask"], cfg["pooling"]).float()
 
     cached = len(chunks) > 1
+    if cached and head is not None:
+        raise SettingsError("objective=sarcse does not combine with GradCache: set mini_batch_size=0")
     if cached:
         states = []
         with torch.no_grad():
@@ -92,6 +161,8 @@ def contrastive_step(model: torch.nn.Module, tokenizer, batch: list[tuple[str, s
         local = forward(texts)
     a, b = _gather_pairs(local, [len(ix) for ix in shard], rank)
     loss = contrastive_loss(a, b, cfg["metric"], settings.temperature_for(cfg))
+    if aux:  # each process adds its share, so the summed gradient is that of the mean over processes
+        loss = loss + cfg["reconstruction_weight"] * aux[0] / world
     (scaler.scale(loss) if scaler is not None else loss).backward()
     if cached:
         grads, start = local.grad, 0
@@ -101,7 +172,7 @@ def contrastive_step(model: torch.nn.Module, tokenizer, batch: list[tuple[str, s
             start += len(chunk)
         _set_rng_state(after)
     if world > 1:
-        for p in model.parameters():
+        for p in [*model.parameters(), *(head.parameters() if head is not None else [])]:
             if p.grad is not None:
                 dist.all_reduce(p.grad)
     return loss.detach()
@@ -178,9 +249,10 @@ def train_embedding_model(resume: bool = False, interrupt_after: int | None = No
     state = None
     if resume and os.path.exists(state_path):
         state = torch.load(state_path, map_location="cpu", weights_only=False)
-        if state["metric"] != cfg["metric"]:
-            raise SettingsError(f"{state_path}: checkpoint was trained with metric={state['metric']}, "
-                             f"settings say metric={cfg['metric']}")
+        if (state["metric"], state.get("objective", "semcse")) != (cfg["metric"], cfg["objective"]):
+            raise SettingsError(f"{state_path}: checkpoint was trained with metric={state['metric']}, objective="
+                                f"{state.get('objective', 'semcse')}; settings say metric={cfg['metric']}, "
+                                f"objective={cfg['objective']}")
     elif resume:
         say(f"note: no checkpoint at {last_dir}; starting from scratch")
     model, tokenizer = load_model(last_dir if state else cfg["encoder_checkpoint"], str(device))
@@ -188,14 +260,21 @@ def train_embedding_model(resume: bool = False, interrupt_after: int | None = No
 
     def epoch_batches(epoch: int) -> list[list[tuple[str, str, str]]]:
         # Order depends only on (seed, epoch), so a resumed run sees the same batches.
-        pairs = make_pairs(train, random.Random(cfg["seed"] * 100_003 + epoch))
+        pairs = training_pairs(train, cfg["objective"], random.Random(cfg["seed"] * 100_003 + epoch))
         return [[pairs[i] for i in b] for b in batches_without_duplicates([p[0] for p in pairs], cfg["batch_size"])]
 
     steps_per_epoch = len(epoch_batches(0))
     total_steps = cfg["max_steps"] if cfg["max_steps"] > 0 else cfg["epochs"] * steps_per_epoch
-    fused = device.type == "cuda"
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["learning_rate"],
-                                  weight_decay=cfg["weight_decay"], fused=fused)
+    head = None
+    if cfg["objective"] == "sarcse":
+        texts = [s for pid in sorted(train) for s in train[pid]]
+        head = ReconstructionHead(model.config.hidden_size, token_weights(tokenizer, texts, cfg["max_length"]))
+        head.to(device)
+        if state:
+            head.load_state_dict(state["head"])
+    params = [*model.parameters(), *(head.parameters() if head is not None else [])]
+    optimizer = torch.optim.AdamW(params, lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"],
+                                  fused=device.type == "cuda")
     scheduler = get_linear_schedule_with_warmup(optimizer, min(cfg["warmup_steps"], total_steps), total_steps)
     scaler = torch.amp.GradScaler(enabled=device.type == "cuda" and cfg["precision"] == "fp16")
 
@@ -236,22 +315,25 @@ def train_embedding_model(resume: bool = False, interrupt_after: int | None = No
             return
         save_model(model, tokenizer, last_dir, cfg["metric"], cfg["max_length"], cfg["pooling"], training_state={
             "step": step, "epoch": epoch, "batch_in_epoch": pos, "best": best, "bad_validations": bad, "initial": initial, "metric": cfg["metric"],
+            "objective": cfg["objective"], "head": head.state_dict() if head is not None else None,
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None})
 
     model.train()
+    if head is not None:
+        head.train()
     bar = tqdm(total=total_steps, initial=step, desc="train", dynamic_ncols=True, disable=not main_process)
     stopped, started, interrupted = False, time.time(), False
     while step < total_steps and not stopped:
         for batch in epoch_batches(epoch)[pos:]:
             optimizer.zero_grad(set_to_none=True)
-            loss = contrastive_step(train_model, tokenizer, batch, cfg, device, scaler)
+            loss = contrastive_step(train_model, tokenizer, batch, cfg, device, scaler, head)
             if not torch.isfinite(loss):
                 raise TrainingError(f"loss is {loss.item()} at step {step + 1}; stopped, the last good "
                                  f"checkpoint is in {last_dir} (try a lower learning_rate or higher temperature)")
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["max_grad_norm"])
+            torch.nn.utils.clip_grad_norm_(params, cfg["max_grad_norm"])
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
