@@ -34,6 +34,7 @@ def load_model(name_or_path: str | None = None, device: str | None = None
                ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """(encoder, tokenizer) from a Hugging Face name or local folder, in eval mode on `device`."""
     name_or_path = str(name_or_path or settings.encoder_checkpoint)
+    recover_interrupted_save(name_or_path)
     if settings.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
     if os.path.isdir(name_or_path):
@@ -83,6 +84,14 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path:
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def recover_interrupted_save(path: str) -> None:
+    """save_model swaps folders with two renames (path -> path.old, path.tmp -> path); a kill between
+    them leaves only path.old, the previous complete save: put it back."""
+    path = path.rstrip("/")
+    if not os.path.exists(path) and os.path.isdir(path + ".old"):
+        os.replace(path + ".old", path)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -37,7 +37,8 @@ from transformers import get_linear_schedule_with_warmup
 import settings
 from settings import SettingsError
 from load_data import batches_without_duplicates, load_summaries, make_pairs, split_validation
-from model import autocast, embed, encode, load_model, partner_ranks, pool, resolve_device, save_model
+from model import (autocast, embed, encode, load_model, partner_ranks, pool, recover_interrupted_save,
+                   resolve_device, save_model)
 
 
 class TrainingError(ValueError):
@@ -245,6 +246,7 @@ def train_embedding_model(resume: bool = False, interrupt_after: int | None = No
     val_ids = sorted(val)
     val_queries, val_targets = [val[i][0] for i in val_ids], [val[i][1] for i in val_ids]
 
+    recover_interrupted_save(last_dir)
     state_path = os.path.join(last_dir, "training_state.pt")
     state = None
     if resume and os.path.exists(state_path):
