@@ -1,0 +1,220 @@
+"""The semantic benchmark: metrics on hand-made embeddings, the half-split rule, skips, resume, encoding."""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+import semantic_benchmark as sb
+import settings
+from conftest import write_jsonl
+from model import partner_ranks
+
+
+def cfg_for(tmp_path, **overrides) -> dict:
+    return settings.resolved(output_dir=str(tmp_path / "out"), embedding_cache_dir=str(tmp_path / "cache"),
+                             queries_file=str(tmp_path / "no_queries.jsonl"), **overrides)
+
+
+TOPICS = ["graph parsing", "speech recognition", "image segmentation", "machine translation"]
+
+
+def small_corpus(tmp_path, labels: bool = True, n: int = 12) -> str:
+    recs = []
+    for i in range(n):
+        t = TOPICS[i % 4]
+        rec = {"id": f"p{i}", "title": f"Study {i} of {t} with token{i}",
+               "abstract": f"We study {t} using method token{i}. It works on {t} data. "
+                           f"Results on {t} improve by {i} points. Code token{i} is released."}
+        if labels:
+            rec["label"] = t.split()[0]
+        recs.append(rec)
+    return write_jsonl(tmp_path / ("corpus.jsonl" if labels else "corpus_nolabel.jsonl"), recs)
+
+
+class Fixed:
+    """An embedder returning a given vector per text (tests the scoring without any model)."""
+
+    def __init__(self, table: dict[str, np.ndarray], name: str = "fixed", role: str = ""):
+        self.table, self.name, self.role, self.sep = table, name, role, " "
+        self.params, self.path, self.pooling = None, "", ""
+        self.key, self.calls = {"fixed": name}, 0
+
+    def embed(self, texts):
+        self.calls += 1
+        return np.stack([self.table[t] for t in texts]).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics with known answers
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_perfect_model_ranks_one_and_reversed_model_ranks_last(metric):
+    q = np.eye(8, dtype=np.float32)
+    perfect = sb.rank_metrics(partner_ranks(q, q.copy(), metric=metric), 8)
+    assert perfect["mean_rank"] == 1 and perfect["median_rank"] == 1 and perfect["mrr"] == 1
+    # c_i = -q_i is the farthest candidate from q_i under both metrics: rank n for everyone.
+    reversed_ = sb.rank_metrics(partner_ranks(q, -q, metric=metric), 8)
+    assert reversed_["mean_rank"] == 8 and reversed_["mrr"] == pytest.approx(1 / 8)
+    # A constant model ties everything: chance level (n + 1) / 2.
+    const = partner_ranks(np.ones((8, 3)), np.ones((8, 3)), metric=metric)
+    assert np.allclose(const, 4.5) and perfect["chance_rank"] == 4.5
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_knn_and_v_measure_perfect_and_chance(metric):
+    rng = np.random.default_rng(0)
+    labels = [c for c in "abc" for _ in range(6)]
+    x = np.eye(3)[[ord(c) - ord("a") for c in labels]] * 10 + rng.normal(0, 0.01, (18, 3))
+    micro, macro = sb.knn_agreement(x, labels, k=5, metric=metric, block=4)  # block < n: tests blocking too
+    assert micro == 1.0 and macro == 1.0
+    assert sb.kmeans_v_measure(x, labels, metric, seed=0) == pytest.approx(1.0)
+    # Six tight groups, each holding one paper of every label: the 2 nearest neighbours never agree.
+    mixed = np.eye(6)[np.arange(18) % 6] * 10 + rng.normal(0, 0.01, (18, 6))
+    micro, macro = sb.knn_agreement(mixed, labels, k=2, metric=metric)
+    assert micro == 0.0 and macro == 0.0
+    assert sb.chance_agreement(labels) == pytest.approx(3 * 6 * 5 / (18 * 17))
+
+
+def test_perf_formula():
+    def res(ranks, knn):
+        return {"tasks": {"title_abstract": {"mean_rank": ranks, "chance_rank": 50.5},
+                          "clustering": {"knn_agreement": knn, "chance": 0.2}}}
+    perf = sb.perf_scores({"best": res(1.5, 0.8), "mid": res(math.sqrt(1.5 * 50.5), 0.5), "bad": res(80.0, 0.1)})
+    assert perf["best"][0] == pytest.approx(1.0)
+    assert perf["mid"][1]["title_abstract"] == pytest.approx(0.5)  # halfway on the log scale
+    assert perf["mid"][1]["clustering"] == pytest.approx(0.5)
+    assert perf["mid"][0] == pytest.approx(0.5)
+    assert perf["bad"][0] == 0.0  # worse than chance clips to 0
+
+
+# ----------------------------------------------------------------------------------------------
+# The half-split rule
+
+
+def test_split_halves_rule():
+    assert sb.split_halves("Only one sentence here, e.g. This is not a second one.") is None
+    # Cut after 1 sentence: |2*12 - 64| = 40 beats cutting after 2: |2*53 - 64| = 42.
+    assert sb.split_halves("A short one. Then a much longer sentence follows here. And an end.") == \
+        ("A short one.", "Then a much longer sentence follows here. And an end.")
+    # Balanced by characters, earlier boundary on a tie; abbreviations and "et al." do not split.
+    assert sb.split_halves("Aaaa. Bbbb. Cccc. Dddd.") == ("Aaaa. Bbbb.", "Cccc. Dddd.")
+    assert sb.split_sentences("Smith et al. Showed this. We use Fig. 2 here!") == \
+        ["Smith et al. Showed this.", "We use Fig. 2 here!"]
+    # A lower-case word or a decimal after a dot is no boundary; LaTeX or a digit after a space is.
+    assert sb.split_sentences("We got 3.5 units. and more. $x$ is big. 42 is the answer.") == \
+        ["We got 3.5 units. and more.", "$x$ is big.", "42 is the answer."]
+
+
+# ----------------------------------------------------------------------------------------------
+# Whole runs: skips, resume
+
+
+def lexical_run(tmp_path, corpus, queries=None, overwrite=False, embedders=None, **overrides):
+    cfg = cfg_for(tmp_path, **overrides)
+    embs = embedders or [sb.Lexical(sb.load_corpus(corpus))]
+    return sb.run_benchmark(embs, cfg, corpus, queries, overwrite)
+
+
+def test_skip_without_labels_and_queries(tmp_path, capsys):
+    corpus = small_corpus(tmp_path, labels=False)
+    r = lexical_run(tmp_path, corpus)["TF-IDF (lexical)"]
+    assert set(r["tasks"]) == {"title_abstract", "abstract_segments"}
+    assert "no topic labels" in r["skipped"]["clustering"] and "no queries file" in r["skipped"]["query"]
+    out = capsys.readouterr().out
+    assert "query: skipped: no queries file" in out and "| TF-IDF (lexical) |" in out
+    assert r["tasks"]["title_abstract"]["mean_rank"] == 1.0  # each title shares a unique word with its abstract
+    assert r["tasks"]["abstract_segments"]["n"] == 12 and r["tasks"]["abstract_segments"]["skipped_unsplittable"] == 0
+
+
+def test_all_tasks_with_labels_and_queries(tmp_path):
+    corpus = small_corpus(tmp_path)
+    recs = [{"id": f"p{i}", "query": f"token{i} for {TOPICS[i % 4]}", "model": "test"} for i in range(12)]
+    queries = write_jsonl(tmp_path / "q.jsonl", recs + [{"id": "elsewhere", "query": "a paper not in the corpus"}])
+    r = lexical_run(tmp_path, corpus, queries, knn_k=2)["TF-IDF (lexical)"]
+    assert r["tasks"]["query"]["mean_rank"] == 1.0 and r["tasks"]["query"]["n"] == 12
+    c = r["tasks"]["clustering"]
+    assert c["k"] == 2 and c["n_labels"] == 4 and 0 <= c["knn_agreement"] <= 1 and 0 <= c["v_measure"] <= 1
+    assert r["perf"] == pytest.approx(1.0)  # alone in its run, it is the best on every task
+    out_dir = tmp_path / "out" / "benchmark" / "corpus-euclidean"
+    assert (out_dir / "results.md").exists()
+    saved = json.loads((out_dir / "TF-IDF_lexical.json").read_text())
+    assert saved["corpus_sha256"] and saved["versions"]["numpy"] and saved["tasks"]["query"]["seconds"] >= 0
+    assert saved["perf"] == pytest.approx(1.0) and saved["perf_per_task"]["query"] == pytest.approx(1.0)
+
+
+def test_resume_keeps_scored_tasks_and_overwrite_redoes_them(tmp_path):
+    corpus = small_corpus(tmp_path)
+    papers = sb.load_corpus(corpus)
+    rng = np.random.default_rng(0)
+    texts = [p["title"] for p in papers] + [p["abstract"] for p in papers] + [sb.paper_text(p, " ") for p in papers]
+    texts += [h for p in papers for h in sb.split_halves(p["abstract"])]
+    table = {t: rng.normal(size=4) for t in texts}
+
+    class Crashing(Fixed):  # dies on its third embed() call, i.e. inside the second task
+        def embed(self, texts):
+            if self.calls == 2:
+                raise KeyboardInterrupt
+            return super().embed(texts)
+
+    with pytest.raises(KeyboardInterrupt):
+        lexical_run(tmp_path, corpus, embedders=[Crashing(table)])
+    path = tmp_path / "out" / "benchmark" / "corpus-euclidean" / "fixed.json"
+    saved = json.loads(path.read_text())
+    assert list(saved["tasks"]) == ["title_abstract"]  # written after the first task
+    saved["tasks"]["title_abstract"]["mean_rank"] = 123.0  # a marker: resume must keep it
+    path.write_text(json.dumps(saved))
+
+    emb = Fixed(table)
+    r = lexical_run(tmp_path, corpus, embedders=[emb])["fixed"]
+    assert r["tasks"]["title_abstract"]["mean_rank"] == 123.0
+    assert set(r["tasks"]) == {"title_abstract", "abstract_segments", "clustering"}
+    assert emb.calls == 3  # two halves + papers; title-abstract was not recomputed
+
+    r = lexical_run(tmp_path, corpus, overwrite=True, embedders=[Fixed(table)])["fixed"]
+    assert r["tasks"]["title_abstract"]["mean_rank"] != 123.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Real encoders: the same vectors as sentence-transformers; the paper's entry point
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_embeddings_equal_sentence_transformers(tmp_path, tiny_model_dir, pooling):
+    from sentence_transformers import SentenceTransformer
+
+    from model import load_model, save_model
+
+    m, tok = load_model(tiny_model_dir, "cpu")
+    saved = save_model(m, tok, str(tmp_path / "st"), metric="euclidean", max_length=128, pooling=pooling)
+    cfg = cfg_for(tmp_path, precision="fp32", device="cpu")
+    texts = ["a short text", "a somewhat longer text about graph parsing and more words " * 3, "x"]
+    m2, tok2 = load_model(saved, "cpu")
+    emb = sb.Encoder("tiny", m2, tok2, pooling, cfg)
+    ours = emb.embed(texts)
+    theirs = SentenceTransformer(saved, device="cpu").encode(texts, convert_to_numpy=True)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    cached = os.listdir(cfg["embedding_cache_dir"])
+    assert len(cached) == 1 and np.array_equal(emb.embed(texts), ours)  # second call from the cache
+    assert len(os.listdir(cfg["embedding_cache_dir"])) == 1
+
+
+def test_evaluate_model_semantics_entry_point(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    from model import load_model
+
+    corpus = small_corpus(tmp_path)
+    monkeypatch.setattr(settings, "output_dir", str(tmp_path / "out"))
+    monkeypatch.setattr(settings, "embedding_cache_dir", str(tmp_path / "cache"))
+    monkeypatch.setattr(settings, "queries_file", str(tmp_path / "none.jsonl"))
+    m, tok = load_model(tiny_model_dir, "cpu")
+    r = sb.evaluate_model_semantics(m, tok, output_processing="last_hidden", metric="cosine", corpus_file=corpus)
+    assert r["metric"] == "cosine" and r["pooling"] == "cls"
+    assert 1 <= r["tasks"]["title_abstract"]["mean_rank"] <= 12 and "clustering" in r["tasks"]
+    assert "| Model | Params |" in capsys.readouterr().out
+    assert (tmp_path / "out" / "benchmark" / "corpus-cosine" / "map.png").exists()
+    with pytest.raises(ValueError, match="output_processing"):
+        sb.evaluate_model_semantics(m, tok, output_processing="pooler")
