@@ -11,8 +11,6 @@ The paper's queries were written by Mistral-Small 3.1 (prompt not published); th
 from __future__ import annotations
 
 import re
-from typing import Any
-
 import settings
 from llm import InvalidOutput, Prompt, apply_environment, clean_text, generate
 
@@ -62,10 +60,11 @@ def _letters(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def main(argv: list[str] | None = None) -> None:
+    """The command line: one-line errors with exit code 2 (settings.cli), --debug for the traceback."""
     apply_environment()  # before the command line, which wins over the environment
-    flags = settings.parse_command_line(argv, flags={"dry_run": False, "limit": 0})
-    return generate_queries(limit=flags["limit"], dry_run=flags["dry_run"])
+    settings.cli(lambda dry_run, limit: generate_queries(limit=limit, dry_run=dry_run), flags={"dry_run": False, "limit": 0},
+                 argv=argv)
 
 
 if __name__ == "__main__":

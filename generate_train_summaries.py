@@ -16,8 +16,6 @@ prompt often come back near-identical (load_data drops duplicates, which would c
 from __future__ import annotations
 
 import json
-from typing import Any
-
 import settings
 from llm import InvalidOutput, Prompt, apply_environment, clean_text, generate
 
@@ -74,10 +72,11 @@ def parse_summaries(obj: dict, paper: dict, n: int) -> list[str]:
     return texts[:n]
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def main(argv: list[str] | None = None) -> None:
+    """The command line: one-line errors with exit code 2 (settings.cli), --debug for the traceback."""
     apply_environment()  # before the command line, which wins over the environment
-    flags = settings.parse_command_line(argv, flags={"dry_run": False, "limit": 0})
-    return generate_summaries(limit=flags["limit"], dry_run=flags["dry_run"])
+    settings.cli(lambda dry_run, limit: generate_summaries(limit=limit, dry_run=dry_run), flags={"dry_run": False, "limit": 0},
+                 argv=argv)
 
 
 if __name__ == "__main__":
