@@ -91,3 +91,26 @@ def test_killed_training_resumes_to_the_end(tmp_path, tiny_model_dir, summaries_
     assert state["step"] == 40
     steps = [json.loads(x)["step"] for x in open(tmp_path / "k" / "log.jsonl")]
     assert steps[-1] == 40 and steps == sorted(steps)
+
+
+word = st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=8)
+sentence = st.builds(lambda first, rest: " ".join([first.capitalize(), *rest]) + ".", word, st.lists(word, max_size=12))
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(st.lists(sentence, min_size=1, max_size=10))
+def test_half_split_property(sentences):
+    from semantic_benchmark import split_halves
+
+    text = " ".join(sentences)
+    halves = split_halves(text)
+    if len(sentences) == 1:
+        assert halves is None
+        return
+    first, second = halves
+    assert first and second and f"{first} {second}" == text  # a cut at a sentence boundary, nothing lost
+    # no other sentence boundary gives more equal halves (lengths in characters of the sentences)
+    k = next(i for i in range(1, len(sentences) + 1) if " ".join(sentences[:i]) == first)
+    size = lambda part: sum(len(x) for x in part)  # noqa: E731
+    best = abs(size(sentences[:k]) - size(sentences[k:]))
+    assert all(best <= abs(size(sentences[:i]) - size(sentences[i:])) for i in range(1, len(sentences)))
