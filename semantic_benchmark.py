@@ -310,6 +310,9 @@ def kmeans_v_measure(x: np.ndarray, labels: list[str], metric: str, seed: int) -
 
     if metric == "cosine":
         x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    if (x == 0).mean() > 0.9:  # TF-IDF rows: sparse k-means gives the same result ~50x faster
+        from scipy.sparse import csr_matrix
+        x = csr_matrix(x)
     pred = KMeans(n_clusters=len(set(labels)), n_init=10, random_state=seed).fit_predict(x)
     return float(v_measure_score(labels, pred))
 
