@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import settings
-from llm import InvalidOutput, Prompt, apply_environment, clean_text, generate
+from llm import GenerationError, InvalidOutput, Prompt, apply_environment, clean_text, generate
 
 SUMMARY_PROMPT = Prompt(
     name="train_summary",
@@ -46,7 +46,7 @@ def generate_summaries(cfg: dict | None = None, limit: int = 0, dry_run: bool = 
     cfg = settings.resolved() if cfg is None else cfg
     n = cfg["summaries_per_abstract"]
     if n < 2:
-        raise SystemExit(f"error: setting 'summaries_per_abstract' must be >= 2 (a training pair takes two), got {n}")
+        raise GenerationError(f"setting 'summaries_per_abstract' must be >= 2 (a training pair takes two), got {n}")
     values = {"n": n, "example": json.dumps({"summaries": [f"summary {i + 1}" for i in range(n)]})}
     return generate("summaries", SUMMARY_PROMPT, "summaries", lambda obj, paper: parse_summaries(obj, paper, n),
                     cfg["generation_corpus_file"], cfg["generated_summaries_file"], cfg, values=values,

@@ -43,7 +43,12 @@ class InvalidOutput(ValueError):
     """The model answered, but not with what we asked for; worth another try."""
 
 
-class FatalServerError(RuntimeError):
+class GenerationError(ValueError):
+    """A run that cannot start or go on; the message names the setting, file or server. A ValueError,
+    so settings.cli prints it as one line `error: ...` (exit code 2)."""
+
+
+class FatalServerError(GenerationError):
     """Every further request would fail the same way (unreachable server, bad key, unknown model)."""
 
 
@@ -82,17 +87,11 @@ def generate(kind: str, prompt: Prompt, field: str, parse: Callable[[dict, dict]
              out_file: str, cfg: dict, values: dict | None = None, limit: int = 0, dry_run: bool = False) -> dict:
     """Generate `field` for every paper of `corpus_file` into `out_file`; returns the run's stats.
 
-    `parse(json_object, paper)` returns the value to store or raises InvalidOutput.
-    Bad input files and unrecoverable server errors exit with a one-line message.
+    `parse(json_object, paper)` returns the value to store or raises InvalidOutput. Bad settings or
+    input files (DataError) and unrecoverable server errors raise ValueErrors naming the cause,
+    after what was done is written and compacted.
     """
     _check(cfg)
-    try:
-        return _generate(kind, prompt, field, parse, corpus_file, out_file, cfg, values, limit, dry_run)
-    except DataError as e:
-        raise SystemExit(f"error: {e}") from None
-
-
-def _generate(kind, prompt, field, parse, corpus_file, out_file, cfg, values, limit, dry_run) -> dict:
     values = dict(values or {})
     papers = load_corpus(corpus_file)[: limit or None]
     if dry_run:
@@ -106,7 +105,7 @@ def _generate(kind, prompt, field, parse, corpus_file, out_file, cfg, values, li
     try:
         fcntl.flock(out, fcntl.LOCK_EX | fcntl.LOCK_NB)  # two runs appending to one file would repeat work
     except BlockingIOError:
-        raise SystemExit(f"error: {out_file} is being written by another run") from None
+        raise GenerationError(f"{out_file} is being written by another run") from None
     prompt_sha = prompt.sha256(values)
     done = _done_ids(out_file, cfg["llm_model"], prompt_sha)
     todo = [p for p in papers if p["id"] not in done]
@@ -116,7 +115,7 @@ def _generate(kind, prompt, field, parse, corpus_file, out_file, cfg, values, li
     bar = tqdm(total=len(papers), initial=stats["skipped"], desc=kind, unit="paper", dynamic_ncols=True)
     bar.set_postfix(done=0, failed=0, skipped=stats["skipped"])
     pool = ThreadPoolExecutor(max_workers=cfg["llm_concurrency"])
-    fatal, finished = None, False
+    fatal, finished, interrupted = None, False, False
     try:
         with open(failures_file, "a", encoding="utf-8") as failed:
             futures = [pool.submit(caller, p) for p in todo]
@@ -133,7 +132,7 @@ def _generate(kind, prompt, field, parse, corpus_file, out_file, cfg, values, li
                 bar.set_postfix(done=stats["done"], failed=stats["failed"], skipped=stats["skipped"])
             finished = fatal is None
     except KeyboardInterrupt:
-        fatal = FatalServerError("interrupted; rerun to resume")
+        interrupted = True  # raised again below, once what is done is compacted
     finally:
         pool.shutdown(wait=finished, cancel_futures=True)  # on any error: drop queued papers, keep what is written
         bar.close()
@@ -146,8 +145,10 @@ def _generate(kind, prompt, field, parse, corpus_file, out_file, cfg, values, li
     print(f"{out_file}: {stats['done']} done, {stats['failed']} failed, {stats['skipped']} skipped "
           f"in {stats['seconds']}s ({stats['papers_per_minute']} papers/min); {len(kept)} papers in file"
           + (f"; failures with raw answers in {failures_file}" if stats["failed"] else ""), file=sys.stderr)
+    if interrupted:
+        raise KeyboardInterrupt
     if fatal is not None:
-        raise SystemExit(f"error: {redact(str(fatal), cfg)}")
+        raise FatalServerError(redact(str(fatal), cfg))
     return stats
 
 
@@ -198,12 +199,12 @@ def _public_url(url: str) -> str:
 def _check(cfg: dict) -> None:
     for key, low in (("llm_concurrency", 1), ("llm_retries", 0), ("llm_http_retries", 0), ("llm_max_tokens", 1)):
         if cfg[key] < low:
-            raise SystemExit(f"error: setting '{key}' must be >= {low}, got {cfg[key]}")
+            raise GenerationError(f"setting '{key}' must be >= {low}, got {cfg[key]}")
     if cfg["llm_response_format"] not in ("auto", "json_object", "none"):
-        raise SystemExit(f"error: setting 'llm_response_format' must be auto, json_object or none, "
+        raise GenerationError(f"setting 'llm_response_format' must be auto, json_object or none, "
                          f"got '{cfg['llm_response_format']}'")
     if not urlsplit(cfg["llm_base_url"]).hostname:
-        raise SystemExit(f"error: setting 'llm_base_url' is not a URL: '{_public_url(cfg['llm_base_url'])}'")
+        raise GenerationError(f"setting 'llm_base_url' is not a URL: '{_public_url(cfg['llm_base_url'])}'")
 
 
 def save_run_settings(out_file: str, cfg: dict, prompt: Prompt, prompt_sha: str, stats: dict) -> str:

@@ -75,7 +75,7 @@ embedding_cache_dir = "cache/embeddings"  # benchmark embeddings, keyed by weigh
 # LLM generation (any OpenAI-compatible server). Precedence: command line > the OPENAI_BASE_URL /
 # OPENAI_API_KEY environment variables > the values here (see llm.apply_environment).
 llm_base_url = "http://127.0.0.1:8000/v1"
-llm_model = "local-model"       # the server's model name (llama.cpp's server answers to any name)
+llm_model = "local-model"       # the model name the server serves (its /v1/models lists it)
 llm_api_key = ""                # prefer the OPENAI_API_KEY environment variable; never written anywhere
 summaries_per_abstract = 4      # summaries generated per abstract (all in one request, as a JSON list)
 llm_temperature = 0.7

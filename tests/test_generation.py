@@ -18,7 +18,7 @@ import generate_search_queries as gq
 import generate_train_summaries as gs
 import llm
 import settings
-from load_data import iter_jsonl, load_summaries
+from load_data import DataError, iter_jsonl, load_summaries
 
 KEY = "sk-test-5Ecr3t-d0-n0t-le4k-7f3a9c"
 
@@ -254,10 +254,10 @@ def test_response_format_fallback(tmp_path):
 
 def test_fatal_errors_stop_the_run(server, tmp_path):
     corpus = make_corpus(tmp_path, n=3, directives={"p0": "@fake:401:9", "p1": "@fake:401:9", "p2": "@fake:401:9"})
-    with pytest.raises(SystemExit, match="HTTP 401.*OPENAI_API_KEY"):
+    with pytest.raises(llm.FatalServerError, match="HTTP 401.*OPENAI_API_KEY"):
         gs.generate_summaries(cfg_for(server, tmp_path, corpus, llm_concurrency=1))
     dead = cfg_for(server, tmp_path, corpus, llm_base_url="http://127.0.0.1:9/v1", llm_http_retries=0)
-    with pytest.raises(SystemExit, match="cannot reach 127.0.0.1:9"):
+    with pytest.raises(llm.FatalServerError, match="cannot reach 127.0.0.1:9"):
         gs.generate_summaries(dead)
 
 
@@ -289,7 +289,8 @@ def test_key_never_printed_or_written(tmp_path):
                            "OPENAI_BASE_URL": srv.base_url}),
                 run_script("generate_train_summaries.py", args, dict(env, OPENAI_API_KEY=KEY + "-wrong")),
                 run_script("generate_train_summaries.py", args + ["--dry_run"], env)]
-        assert [r.returncode for r in runs] == [0, 0, 1, 0]
+        assert [r.returncode for r in runs] == [0, 0, 2, 0]  # settings.cli: one line, exit code 2
+        assert runs[2].stderr.strip().splitlines()[-1].startswith("error: 127.0.0.1")
         assert "HTTP 401" in runs[2].stderr and "Retrying" in runs[0].stderr  # the client's debug log ran
         stats = srv.snapshot()["stats"]
         # the key was sent every time, just never shown; the wrong key was tried for the 2 failed papers
@@ -339,14 +340,14 @@ def test_bad_files_give_one_line_errors(server, tmp_path):
     corpus = make_corpus(tmp_path, n=2)
     with open(corpus, "a") as f:
         f.write("{not json\n")
-    with pytest.raises(SystemExit, match=r"corpus.jsonl:3: not valid JSON"):
+    with pytest.raises(DataError, match=r"corpus.jsonl:3: not valid JSON"):
         gq.generate_queries(cfg_for(server, tmp_path, corpus))
     cfg = cfg_for(server, tmp_path, make_corpus(tmp_path, n=2, name="ok.jsonl"))
     os.makedirs(os.path.dirname(cfg["queries_file"]))
     write_jsonl(cfg["queries_file"], ["{broken", '{"id": "p0", "query": "q"}'])
-    with pytest.raises(SystemExit, match=r"queries.jsonl:1: not valid JSON"):
+    with pytest.raises(DataError, match=r"queries.jsonl:1: not valid JSON"):
         gq.generate_queries(cfg)
-    with pytest.raises(SystemExit, match="llm_concurrency"):
+    with pytest.raises(llm.GenerationError, match="llm_concurrency"):
         gq.generate_queries(dict(cfg, llm_concurrency=0))
     assert server.snapshot()["stats"] == {}
 
@@ -362,3 +363,17 @@ def test_timeout_is_a_failure_not_fatal(tmp_path):
         assert srv.snapshot()["seen"] == {"p0": 2, "p1": 2}
     finally:
         srv.stop()
+
+
+def test_interrupt_keeps_what_is_done(server, tmp_path):
+    def parse(obj, paper):  # Ctrl-C arrives while the third paper is being handled
+        if paper["id"] == "p2":
+            raise KeyboardInterrupt
+        return gq.parse_query(obj, paper)
+    cfg = cfg_for(server, tmp_path, make_corpus(tmp_path, n=6), llm_concurrency=1)
+    with pytest.raises(KeyboardInterrupt):
+        llm.generate("queries", gq.QUERY_PROMPT, "query", parse, cfg["query_corpus_file"], cfg["queries_file"], cfg)
+    assert [r["id"] for r in lines(cfg["queries_file"])][:2] == ["p0", "p1"]
+    assert json.load(open(cfg["queries_file"].replace(".jsonl", ".settings.json")))["runs"][-1]["done"] >= 2
+    assert gq.generate_queries(cfg)["skipped"] >= 2  # and a rerun goes on from there
+    assert [r["id"] for r in lines(cfg["queries_file"])] == [f"p{i}" for i in range(6)]
