@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import settings
-from llm import InvalidOutput, Prompt, apply_environment, clean_text, generate
+from llm import InvalidOutput, Prompt, clean_text, command_line, generate
 
 QUERY_PROMPT = Prompt(
     name="search_query",
@@ -61,10 +61,7 @@ def _letters(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The command line: one-line errors with exit code 2 (settings.cli), --debug for the traceback."""
-    apply_environment()  # before the command line, which wins over the environment
-    settings.cli(lambda dry_run, limit: generate_queries(limit=limit, dry_run=dry_run), flags={"dry_run": False, "limit": 0},
-                 argv=argv)
+    command_line(generate_queries, argv)
 
 
 if __name__ == "__main__":

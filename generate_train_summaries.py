@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import settings
-from llm import GenerationError, InvalidOutput, Prompt, apply_environment, clean_text, generate
+from llm import GenerationError, InvalidOutput, Prompt, clean_text, command_line, generate
 
 SUMMARY_PROMPT = Prompt(
     name="train_summary",
@@ -73,10 +73,7 @@ def parse_summaries(obj: dict, paper: dict, n: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The command line: one-line errors with exit code 2 (settings.cli), --debug for the traceback."""
-    apply_environment()  # before the command line, which wins over the environment
-    settings.cli(lambda dry_run, limit: generate_summaries(limit=limit, dry_run=dry_run), flags={"dry_run": False, "limit": 0},
-                 argv=argv)
+    command_line(generate_summaries, argv)
 
 
 if __name__ == "__main__":

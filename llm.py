@@ -165,6 +165,14 @@ def apply_environment(environ: dict | None = None) -> None:
             settings.update(**{key: environ[var].strip()})
 
 
+def command_line(generate_fn: Callable[..., dict], argv: list[str] | None = None) -> None:
+    """A generator script's command line: environment, then --key=value overrides and --dry-run / --limit=N,
+    with settings.cli's error policy (one line, exit code 2; --debug for the traceback)."""
+    apply_environment()  # before the command line, which wins over the environment
+    settings.cli(lambda dry_run, limit: generate_fn(limit=limit, dry_run=dry_run),
+                 flags={"dry_run": False, "limit": 0}, argv=argv)
+
+
 def make_client(cfg: dict) -> openai.OpenAI:
     """The openai client: it retries connection errors, timeouts, 408/409/429 and 5xx itself
     (exponential backoff, honouring Retry-After) `llm_http_retries` times."""
