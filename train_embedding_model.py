@@ -21,7 +21,6 @@ Other objectives (setting `objective`), on the same data and loss, for compariso
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import time
@@ -278,7 +277,9 @@ def train_embedding_model(resume: bool = False, interrupt_after: int | None = No
     optimizer = torch.optim.AdamW(params, lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"],
                                   fused=device.type == "cuda")
     scheduler = get_linear_schedule_with_warmup(optimizer, min(cfg["warmup_steps"], total_steps), total_steps)
-    scaler = torch.amp.GradScaler(enabled=device.type == "cuda" and cfg["precision"] == "fp16")
+    fp16 = device.type == "cuda" and (cfg["precision"] == "fp16" or
+                                      (cfg["precision"] == "auto" and not torch.cuda.is_bf16_supported()))
+    scaler = torch.amp.GradScaler(enabled=fp16)  # loss scaling wherever autocast runs in fp16
 
     def validate() -> float:
         q = encode(model, tokenizer, val_queries, cfg["encode_batch_size"], cfg["max_length"], cfg["pooling"], cfg["precision"])

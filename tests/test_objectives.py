@@ -43,7 +43,7 @@ def test_token_weights_fall_with_frequency(tiny_model_dir):
 
 def test_reconstruction_head_shapes_and_weighting():
     torch.manual_seed(0)
-    vocab, dim = 10, 8
+    dim = 8
     weight = torch.tensor([0.0, 1, 1, 1, 1, 1, 1, 1, 1, 3])  # token 0 = special, token 9 = rare
     head = ReconstructionHead(dim, weight)
     assert [c.kernel_size[0] for c in head.convs] == [3, 4, 5]
