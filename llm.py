@@ -21,7 +21,6 @@ import os
 import re
 import string
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -216,7 +215,7 @@ def _check(cfg: dict) -> None:
 
 
 def save_run_settings(out_file: str, cfg: dict, prompt: Prompt, prompt_sha: str, stats: dict) -> str:
-    """NAME.settings.json next to the output: the last run's resolved settings (settings.save_settings
+    """NAME.settings.json next to the output: the last run's resolved settings (settings.public_settings
     drops the key), its prompt template with id and hash, and the stats of every run so far."""
     target = _sibling(out_file, ".settings.json")
     runs = []
@@ -227,13 +226,10 @@ def save_run_settings(out_file: str, cfg: dict, prompt: Prompt, prompt_sha: str,
             print(f"warning: {target}: not readable JSON; starting its run history anew", file=sys.stderr)
     runs.append(dict(stats, finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                      model=cfg["llm_model"], prompt_sha256=prompt_sha, temperature=cfg["llm_temperature"]))
-    folder = tempfile.mkdtemp(dir=os.path.dirname(out_file) or ".")
-    path = settings.save_settings(folder, cfg, llm_base_url=_public_url(cfg["llm_base_url"]),
-                                  prompt={"id": prompt.id, "sha256": prompt_sha, "system": prompt.system,
-                                          "user": prompt.user, "retry": prompt.retry}, runs=runs)
-    os.replace(path, target)
-    os.rmdir(folder)
-    return target
+    public = settings.public_settings(cfg, llm_base_url=_public_url(cfg["llm_base_url"]),
+                                      prompt={"id": prompt.id, "sha256": prompt_sha, "system": prompt.system,
+                                              "user": prompt.user, "retry": prompt.retry}, runs=runs)
+    return settings.write_json_atomic(target, public, indent=2, sort_keys=True)
 
 
 # ----------------------------------------------------------------------------------------------

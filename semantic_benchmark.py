@@ -92,7 +92,7 @@ def run_benchmark(embedders: Iterable, cfg: dict, corpus_file: str | None = None
     for name, r in results.items():  # Perf. depends on the run's models: stored as "of this run"
         r["perf"], r["perf_per_task"] = perf[name]
         r["perf_run_models"] = list(results)
-        _write_json_atomic(r["results_file"], r)
+        settings.write_json_atomic(r["results_file"], r, indent=1, ensure_ascii=False)
     table = results_table(results, cfg, data)
     print("\n" + table)
     with open(os.path.join(out_dir, "results.md"), "w", encoding="utf-8") as f:
@@ -204,10 +204,10 @@ def score_model(emb, corpus: list[dict], queries: list[dict] | None, data: dict,
         if task == "query":
             scored["queries_sha256"] = data["queries_sha256"]
         result["tasks"][task] = scored
-        _write_json_atomic(path, result)
+        settings.write_json_atomic(path, result, indent=1, ensure_ascii=False)
         print(f"  {task}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                         for k, v in scored.items() if k != "queries_sha256"))
-    _write_json_atomic(path, result)
+    settings.write_json_atomic(path, result, indent=1, ensure_ascii=False)
     return result
 
 
@@ -450,15 +450,6 @@ def draw_map(embeddings: dict[str, np.ndarray], labels: list, path: str, cfg: di
     fig.savefig(path, dpi=120)
     plt.close(fig)
     print(f"map of the embedding space: {path}")
-
-
-def _write_json_atomic(path: str, obj: dict) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, ensure_ascii=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _file_hash(path: str) -> str:

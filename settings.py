@@ -98,6 +98,7 @@ _CHOICES = {"metric": ("euclidean", "cosine"), "pooling": ("cls", "mean"),
             "objective": ("semcse", "simcse_unsup", "sarcse"),
             "precision": ("auto", "bf16", "fp16", "fp32")}
 _SECRET = {"llm_api_key"}
+_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 class SettingsError(ValueError):
@@ -127,12 +128,10 @@ def _convert(key: str, value: Any) -> Any:
         text = value.strip()
         try:
             if want is bool:
-                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError
-                value = text.lower() in ("true", "1", "yes")
+                value = _BOOLS[text.lower()]  # KeyError for anything else
             else:
                 value = want(text)
-        except ValueError:
+        except (ValueError, KeyError):
             raise SettingsError(f"setting '{key}' must be {want.__name__}, got '{value}'") from None
     elif want is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
@@ -176,9 +175,9 @@ def parse_command_line(argv: list[str] | None = None, flags: dict[str, Any] | No
             elif not has_value:
                 raise SettingsError(f"option '--{key}' needs a value: --{key}=VALUE")
             elif isinstance(default, bool):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                if value.lower() not in _BOOLS:
                     raise SettingsError(f"option '--{key}' must be true or false, got '{value}'")
-                own[key] = value.lower() in ("true", "1", "yes")
+                own[key] = _BOOLS[value.lower()]
             elif default is None or isinstance(default, str):
                 own[key] = value
             else:
@@ -215,18 +214,28 @@ def cli(main: Callable[..., Any], flags: dict[str, Any] | None = None, argv: lis
         sys.exit(130)
 
 
-def save_settings(folder: str, cfg: dict[str, Any] | None = None, **extra: Any) -> str:
-    """Write the resolved settings (secrets removed) to folder/settings.json atomically."""
+def public_settings(cfg: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """The resolved settings (or `cfg`) with secrets removed and `extra` added: what may be written."""
     cfg = dict(resolved() if cfg is None else cfg)
     for k in _SECRET:
         cfg.pop(k, None)
     cfg.update(extra)
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, "settings.json")
-    tmp = path + ".tmp"
+    return cfg
+
+
+def write_json_atomic(path: str, obj: Any, **dump_kwargs: Any) -> str:
+    """Write `obj` as JSON via a temporary file, fsync and rename: the old file or the new, never half."""
+    tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(cfg, f, indent=2, sort_keys=True)
+        json.dump(obj, f, **dump_kwargs)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return path
+
+
+def save_settings(folder: str, cfg: dict[str, Any] | None = None, **extra: Any) -> str:
+    """Write the resolved settings (secrets removed) to folder/settings.json atomically."""
+    os.makedirs(folder, exist_ok=True)
+    return write_json_atomic(os.path.join(folder, "settings.json"), public_settings(cfg, **extra),
+                             indent=2, sort_keys=True)

@@ -214,7 +214,7 @@ def _rng_state() -> tuple:
 
 def _set_rng_state(state: tuple) -> None:
     torch.set_rng_state(state[0])
-    if state[1] is not None:
+    if state[1] is not None and torch.cuda.is_available():  # a GPU checkpoint resumed on a CPU: no CUDA RNG
         torch.cuda.set_rng_state_all(state[1])
 
 
@@ -296,9 +296,7 @@ def train_embedding_model(resume: bool = False, interrupt_after: int | None = No
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
-        if torch.cuda.is_available() and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        _set_rng_state(state["rng"])
         step, epoch, pos = state["step"], state["epoch"], state["batch_in_epoch"]
         best, bad = state["best"], state["bad_validations"]
         initial = state["initial"]
@@ -320,8 +318,7 @@ def train_embedding_model(resume: bool = False, interrupt_after: int | None = No
             "step": step, "epoch": epoch, "batch_in_epoch": pos, "best": best, "bad_validations": bad, "initial": initial, "metric": cfg["metric"],
             "objective": cfg["objective"], "head": head.state_dict() if head is not None else None,
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None})
+            "rng": _rng_state()})
 
     model.train()
     if head is not None:
