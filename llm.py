@@ -23,17 +23,18 @@ import string
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable
+from itertools import islice
+from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import openai
 from tqdm import tqdm
 
 import settings
-from load_data import DataError, iter_jsonl, load_corpus, write_jsonl_atomic
+from load_data import DataError, append_jsonl, iter_corpus, iter_jsonl, keep_lines, repair_tail
 
 NO_KEY = "no-key"  # local servers need no key, but the openai client refuses to start without one
 
@@ -92,14 +93,24 @@ def generate(kind: str, prompt: Prompt, field: str, parse: Callable[[dict, dict]
     """
     _check(cfg)
     values = dict(values or {})
-    papers = load_corpus(corpus_file)[: limit or None]
+    # The corpus is streamed twice: once to check every line and count (before anything is sent),
+    # once to feed the workers; memory holds the ids and the papers in flight, not the corpus.
+    def papers() -> Iterator[dict]:
+        return islice(iter_corpus(corpus_file), limit or None)
+
     if dry_run:
-        print(json.dumps(_dry_run_request(cfg, prompt, papers[0], values), indent=2, ensure_ascii=False))
+        first = next(papers(), None)
+        if first is None:
+            raise DataError(f"{corpus_file}: no papers in file")
+        print(json.dumps(_dry_run_request(cfg, prompt, first, values), indent=2, ensure_ascii=False))
         return {"dry_run": True}
+    ids = [p["id"] for p in papers()]
+    if not ids:
+        raise DataError(f"{corpus_file}: no papers in file")
     failures_file = _sibling(out_file, ".failures.jsonl")
     os.makedirs(os.path.dirname(out_file) or ".", exist_ok=True)
-    _repair_tail(out_file)
-    _repair_tail(failures_file)
+    repair_tail(out_file)
+    repair_tail(failures_file)
     out = open(out_file, "a", encoding="utf-8")
     try:
         fcntl.flock(out, fcntl.LOCK_EX | fcntl.LOCK_NB)  # two runs appending to one file would repeat work
@@ -107,25 +118,24 @@ def generate(kind: str, prompt: Prompt, field: str, parse: Callable[[dict, dict]
         raise GenerationError(f"{out_file} is being written by another run") from None
     prompt_sha = prompt.sha256(values)
     done = _done_ids(out_file, cfg["llm_model"], prompt_sha)
-    todo = [p for p in papers if p["id"] not in done]
-    stats = {"kind": kind, "done": 0, "failed": 0, "skipped": len(papers) - len(todo), "papers": len(papers)}
+    todo = (p for p in papers() if p["id"] not in done)
+    stats = {"kind": kind, "done": 0, "failed": 0, "skipped": sum(i in done for i in ids), "papers": len(ids)}
     caller = Caller(cfg, prompt, prompt_sha, field, parse, values)
     start = time.time()
-    bar = tqdm(total=len(papers), initial=stats["skipped"], desc=kind, unit="paper", dynamic_ncols=True)
+    bar = tqdm(total=len(ids), initial=stats["skipped"], desc=kind, unit="paper", dynamic_ncols=True)
     bar.set_postfix(done=0, failed=0, skipped=stats["skipped"])
     pool = ThreadPoolExecutor(max_workers=cfg["llm_concurrency"])
     fatal, finished, interrupted = None, False, False
     try:
         with open(failures_file, "a", encoding="utf-8") as failed:
-            futures = [pool.submit(caller, p) for p in todo]
-            for fut in as_completed(futures):
+            for fut in _completed(pool, caller, todo, window=2 * cfg["llm_concurrency"]):
                 try:
                     record = fut.result()
                 except FatalServerError as e:
                     fatal = e
                     break
                 ok = record.pop("status") == "ok"
-                _append(out if ok else failed, record)
+                append_jsonl(out if ok else failed, record)
                 stats["done" if ok else "failed"] += 1
                 bar.update(1)
                 bar.set_postfix(done=stats["done"], failed=stats["failed"], skipped=stats["skipped"])
@@ -149,6 +159,20 @@ def generate(kind: str, prompt: Prompt, field: str, parse: Callable[[dict, dict]
     if fatal is not None:
         raise FatalServerError(redact(str(fatal), cfg))
     return stats
+
+
+def _completed(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, window: int) -> Iterator[Future]:
+    """Futures of fn(item) as they finish, with at most `window` submitted and unfinished at a time, so
+    items are drawn from the stream only as workers free up."""
+    pending: set[Future] = set()
+    for item in items:
+        pending.add(pool.submit(fn, item))
+        if len(pending) >= window:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            yield from finished
+    while pending:
+        finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+        yield from finished
 
 
 # ----------------------------------------------------------------------------------------------
@@ -175,8 +199,11 @@ def command_line(generate_fn: Callable[..., dict], argv: list[str] | None = None
 def make_client(cfg: dict) -> openai.OpenAI:
     """The openai client: it retries connection errors, timeouts, 408/409/429 and 5xx itself
     (exponential backoff, honouring Retry-After) `llm_http_retries` times."""
+    # Redirects are not followed (the client would by default, resending the paper to wherever the
+    # server points): data goes only to llm_base_url, and a redirect stops the run (Caller).
     return openai.OpenAI(base_url=cfg["llm_base_url"], api_key=cfg["llm_api_key"] or NO_KEY,
-                         max_retries=cfg["llm_http_retries"], timeout=cfg["llm_timeout"])
+                         max_retries=cfg["llm_http_retries"], timeout=cfg["llm_timeout"],
+                         http_client=openai.DefaultHttpxClient(follow_redirects=False))
 
 
 def server_host(url: str) -> str:
@@ -262,6 +289,10 @@ class Caller:
                 raise FatalServerError(f"cannot reach {server_host(cfg['llm_base_url'])} (setting llm_base_url / "
                                        f"OPENAI_BASE_URL): {e}") from None
             except openai.APIStatusError as e:
+                if 300 <= e.status_code < 400:
+                    raise FatalServerError(f"{server_host(cfg['llm_base_url'])} answered HTTP {e.status_code}, a "
+                                           f"redirect, not followed: data goes only to llm_base_url (set it to "
+                                           f"the address the server redirects to, if you trust it)") from None
                 if e.status_code in (401, 403, 404):
                     raise FatalServerError(f"{server_host(cfg['llm_base_url'])} answered HTTP {e.status_code} "
                                            f"for model '{cfg['llm_model']}' (check llm_model / llm_base_url / "
@@ -379,32 +410,6 @@ def _sibling(out_file: str, suffix: str) -> str:
     return stem + suffix
 
 
-def _append(f, record: dict) -> None:
-    # One write per line, flushed and synced: a kill loses at most the line being written.
-    f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
-
-
-def _repair_tail(path: str) -> None:
-    """A killed run may leave a half-written last line; appending after it would bury it mid-file."""
-    if not os.path.exists(path) or os.path.getsize(path) == 0:
-        return
-    with open(path, "rb+") as f:
-        data = f.read()
-        if data.endswith(b"\n"):
-            return
-        cut = data.rfind(b"\n") + 1
-        try:
-            json.loads(data[cut:])
-            f.write(b"\n")  # a complete last object that only lacks its newline
-        except ValueError:
-            f.truncate(cut)
-            line = data.count(b"\n") + 1
-            print(f"warning: {path}:{line}: dropped a truncated last line "
-                  f"({len(data) - cut} bytes) left by a killed run", file=sys.stderr)
-
-
 def _done_ids(path: str, model: str, prompt_sha: str) -> set[str]:
     if not os.path.exists(path):
         return set()
@@ -417,17 +422,17 @@ def compact(path: str, field: str, model: str, prompt_sha: str) -> list[str]:
     prompt wins (the first, if repeated); else its newest line from an earlier generation is kept."""
     if not os.path.exists(path):
         return []
-    current: dict[str, dict] = {}
-    older: dict[str, dict] = {}
+    current: dict[str, int] = {}  # id -> line number of the line kept
+    older: dict[str, int] = {}
     for line, r in iter_jsonl(path, allow_truncated_tail=True):
         if not isinstance(r.get("id"), str) or field not in r:
             raise DataError(f"{path}:{line}: expected fields 'id' and '{field}'")
         if r.get("model") == model and r.get("prompt_sha256") == prompt_sha:
-            current.setdefault(r["id"], r)
+            current.setdefault(r["id"], line)
         else:
-            older[r["id"]] = r
+            older[r["id"]] = line
     keep = {**older, **current}
-    write_jsonl_atomic(path, [keep[k] for k in sorted(keep)])
+    keep_lines(path, keep)
     return sorted(keep)
 
 
@@ -435,8 +440,8 @@ def _compact_failures(path: str, succeeded: set[str]) -> None:
     """Keep the latest failure of each paper with no good line from this model and prompt; no file if none."""
     if not os.path.exists(path):
         return
-    latest = {r["id"]: r for _, r in iter_jsonl(path, allow_truncated_tail=True) if r.get("id") not in succeeded}
+    latest = {r["id"]: line for line, r in iter_jsonl(path, allow_truncated_tail=True) if r.get("id") not in succeeded}
     if latest:
-        write_jsonl_atomic(path, [latest[k] for k in sorted(latest)])
+        keep_lines(path, latest)
     else:
         os.remove(path)

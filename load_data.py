@@ -16,7 +16,7 @@ import re
 import sys
 from collections import deque
 from itertools import combinations
-from typing import Any, Iterator
+from typing import IO, Any, Iterable, Iterator
 
 import settings
 
@@ -76,17 +76,35 @@ def _detokenize(text: str) -> str:
 # Reading and writing JSONL
 
 
+MAX_LINE_BYTES = 64 << 20  # a longer line is not a paper (a binary file, a whole corpus on one line):
+                           # refusing it keeps the loaders' memory bounded by what they keep
+
+
+def iter_lines(path: str) -> Iterator[tuple[int, int, bytes]]:
+    """Stream a file as (line number, byte offset, raw line with its newline), one line in memory at a
+    time; a line over MAX_LINE_BYTES raises DataError naming file:line."""
+    if not os.path.exists(path):
+        raise DataError(f"{path}: file not found")
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a folder, not a JSON Lines file")
+    with open(path, "rb") as f:
+        line, offset = 0, 0
+        while raw := f.readline(MAX_LINE_BYTES + 1):
+            line += 1
+            if len(raw) > MAX_LINE_BYTES:
+                raise DataError(f"{path}:{line}: line longer than {MAX_LINE_BYTES >> 20} MiB; not a JSON Lines "
+                                f"file of papers?")
+            yield line, offset, raw
+            offset += len(raw)
+
+
 def iter_jsonl(path: str, allow_truncated_tail: bool = False) -> Iterator[tuple[int, dict]]:
-    """Yield (line number, object) for each non-blank line; bad lines raise DataError naming file:line.
+    """Stream (line number, object) for each non-blank line; bad lines raise DataError naming file:line.
 
     With `allow_truncated_tail`, an unparsable *last* line without a newline (a run killed mid-write)
     is skipped instead of raising.
     """
-    if not os.path.exists(path):
-        raise DataError(f"{path}: file not found")
-    with open(path, "rb") as f:
-        lines = f.read().split(b"\n")
-    for i, raw in enumerate(lines, start=1):
+    for i, _, raw in iter_lines(path):
         if not raw.strip():
             continue
         try:
@@ -94,7 +112,7 @@ def iter_jsonl(path: str, allow_truncated_tail: bool = False) -> Iterator[tuple[
         except UnicodeDecodeError:
             raise DataError(f"{path}:{i}: not valid UTF-8") from None
         except json.JSONDecodeError as e:
-            if allow_truncated_tail and i == len(lines):
+            if allow_truncated_tail and not raw.endswith(b"\n"):  # only the last line can lack it
                 print(f"warning: {path}:{i}: ignoring a truncated last line", file=sys.stderr)
                 return
             raise DataError(f"{path}:{i}: not valid JSON ({e.msg})") from None
@@ -116,9 +134,10 @@ def _field(path: str, line: int, obj: dict, name: str, kind: type, required: boo
     return value
 
 
-def load_corpus(path: str) -> list[dict]:
-    """Papers: [{"id", "title", "abstract", "label" (None if absent)}] in file order."""
-    papers, seen = [], {}
+def iter_corpus(path: str) -> Iterator[dict]:
+    """Stream papers {"id", "title", "abstract", "label" (None if absent)} in file order, checking each
+    line as it comes; memory holds one paper and the ids seen (to refuse a duplicate)."""
+    seen: dict[str, int] = {}
     for line, obj in iter_jsonl(path):
         pid = _field(path, line, obj, "id", str)
         if pid in seen:
@@ -127,9 +146,13 @@ def load_corpus(path: str) -> list[dict]:
         label = obj.get("label")
         if label is not None and not isinstance(label, (str, int)):
             raise DataError(f"{path}:{line}: field 'label' must be a string, got {type(label).__name__}")
-        papers.append({"id": pid, "title": _field(path, line, obj, "title", str),
-                       "abstract": _field(path, line, obj, "abstract", str),
-                       "label": None if label is None else str(label)})
+        yield {"id": pid, "title": _field(path, line, obj, "title", str),
+               "abstract": _field(path, line, obj, "abstract", str), "label": None if label is None else str(label)}
+
+
+def load_corpus(path: str) -> list[dict]:
+    """All papers of a corpus file (iter_corpus) in a list; an empty file is an error."""
+    papers = list(iter_corpus(path))
     if not papers:
         raise DataError(f"{path}: no papers in file")
     return papers
@@ -161,16 +184,59 @@ def load_summaries(path: str, min_summaries: int = 2) -> dict[str, list[str]]:
     return out
 
 
-def write_jsonl_atomic(path: str, records: list[dict]) -> None:
-    """Write all records to path via a temporary file + fsync + rename: old or new, never half."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+def write_jsonl_atomic(path: str, records: Iterable[dict]) -> None:
+    """Write records (any iterable, consumed as it is written) through settings.atomic_write: the old
+    file or the new one, never half."""
+    with settings.atomic_write(path) as f:
         for r in records:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+
+def append_jsonl(f: IO, record: dict) -> None:
+    # One write per line, flushed and synced: a kill loses at most the line being written.
+    f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def repair_tail(path: str) -> None:
+    """A killed run may leave a half-written last line; appending after it would bury it mid-file.
+    Reads only the last line (backwards from the end), so any file size is fine."""
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return
+    with open(path, "rb+") as f:
+        cut = f.seek(0, os.SEEK_END)
+        f.seek(cut - 1)
+        if f.read(1) == b"\n":
+            return
+        while cut > 0:  # the start of the last line: after the last newline, found in 64 KiB steps back
+            step = min(cut, 1 << 16)
+            f.seek(cut - step)
+            i = f.read(step).rfind(b"\n")
+            cut = cut - step + i + 1 if i >= 0 else cut - step
+            if i >= 0:
+                break
+        f.seek(cut)
+        tail = f.read()
+        try:
+            json.loads(tail)
+            f.write(b"\n")  # a complete last object that only lacks its newline
+        except ValueError:
+            f.truncate(cut)
+            line = 1 + sum(1 for _ in iter_lines(path))
+            print(f"warning: {path}:{line}: dropped a truncated last line "
+                  f"({len(tail)} bytes) left by a killed run", file=sys.stderr)
+
+
+def keep_lines(path: str, keep: dict[str, int]) -> None:
+    """Rewrite `path` atomically with only the lines `keep` names ({id: line number}), sorted by id. The
+    lines are copied as bytes from their offsets: memory holds the ids, not the file."""
+    lines = set(keep.values())
+    offsets = {line: offset for line, offset, _ in iter_lines(path) if line in lines}
+    with open(path, "rb") as src, settings.atomic_write(path, "wb") as dst:
+        for pid in sorted(keep):
+            src.seek(offsets[keep[pid]])
+            dst.write(src.readline().rstrip(b"\r\n") + b"\n")
 
 
 # ----------------------------------------------------------------------------------------------

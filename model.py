@@ -37,21 +37,39 @@ def load_model(name_or_path: str | None = None, device: str | None = None
     recover_interrupted_save(name_or_path)
     if settings.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
-    if os.path.isdir(name_or_path):
-        has_weights = any(f.endswith((".safetensors", ".bin")) for f in os.listdir(name_or_path))
-        if not has_weights:
-            raise ModelError(f"{name_or_path}: model folder has no weights (*.safetensors or *.bin)")
+    local = os.path.isdir(name_or_path)
     kwargs = dict(local_files_only=settings.offline, trust_remote_code=settings.trust_remote_code)
+    if local:
+        files = os.listdir(name_or_path)
+        if not any(f.endswith((".safetensors", ".bin")) for f in files):
+            raise ModelError(f"{name_or_path}: model folder has no weights (*.safetensors or *.bin)")
+        if any(f.endswith(".safetensors") for f in files):
+            kwargs["use_safetensors"] = True  # never unpickle a .bin beside them
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
-        model = AutoModel.from_pretrained(name_or_path, **kwargs)
-    except (OSError, ValueError) as e:
-        if os.path.isdir(name_or_path):
-            raise ModelError(f"{name_or_path}: cannot load model folder ({str(e).splitlines()[0]})") from None
+        model, info = AutoModel.from_pretrained(name_or_path, output_loading_info=True, **kwargs)
+    except Exception as e:  # noqa: BLE001 -- damaged files raise RuntimeError, SafetensorError, ...
+        if local and "mismatched_sizes" in str(e):
+            raise ModelError(f"{name_or_path}: its weights do not fit its config.json (tensor shapes differ: "
+                             f"wrong architecture, or an edited config?)") from None
+        if local:
+            raise ModelError(f"{name_or_path}: cannot load model folder ({type(e).__name__}: "
+                             f"{(str(e).strip().splitlines() or [''])[0]})") from None
+        if not isinstance(e, (OSError, ValueError)):
+            raise
         raise ModelError(
             f"model '{name_or_path}' is not a local folder and not in the Hugging Face cache; this project "
             f"never downloads at run time: fetch it once elsewhere (huggingface-cli download {name_or_path}) "
             f"and pass its folder, or set --offline=false on a machine with internet") from None
+    # Weights of another architecture load "successfully" with the missing tensors drawn at random:
+    # refuse that (a missing pooler is fine, the embedding never uses it).
+    missing = [k for k in info["missing_keys"] if not k.startswith("pooler.")]
+    if missing:
+        raise ModelError(f"{name_or_path}: its weights do not fit its config.json ({model.config.model_type}): "
+                         f"{len(missing)} tensors missing, e.g. '{missing[0]}' (wrong architecture?)")
+    if model.config.is_encoder_decoder:
+        raise ModelError(f"{name_or_path}: an encoder-decoder model ({model.config.model_type}); an embedding "
+                         f"model needs an encoder (BERT, RoBERTa, DeBERTa, ...)")
     return model.to(resolve_device(device)).eval(), tokenizer
 
 
@@ -78,12 +96,23 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path:
     SentenceTransformer(modules=[transformer, pooler], similarity_fn_name=metric, device="cpu").save(tmp)
     if training_state is not None:  # inside the same swap, so weights and state always match
         torch.save(training_state, os.path.join(tmp, "training_state.pt"))
+    _fsync_tree(tmp)  # on disk before the swap: a power cut cannot leave a new folder of empty files
     if os.path.exists(path):
         shutil.rmtree(old, ignore_errors=True)
         os.replace(path, old)
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def _fsync_tree(folder: str) -> None:
+    for d, _, files in os.walk(folder):
+        for name in [*files, "."]:
+            fd = os.open(os.path.join(d, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 def recover_interrupted_save(path: str) -> None:
@@ -167,32 +196,58 @@ def encode(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: li
 
 
 def scores(queries: np.ndarray, candidates: np.ndarray, metric: str) -> np.ndarray:
-    """Similarity [n_queries, n_candidates], higher = closer: cosine, or minus Euclidean distance."""
-    q, c = queries.astype(np.float64), candidates.astype(np.float64)
-    if metric == "cosine":
-        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-        c = c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
-        return q @ c.T
-    if metric != "euclidean":
-        raise ValueError(f"setting 'metric' must be euclidean or cosine, got '{metric}'")
-    sq = (q * q).sum(1)[:, None] + (c * c).sum(1)[None, :] - 2.0 * (q @ c.T)
-    return -np.sqrt(np.maximum(sq, 0.0))
+    """Similarity [n_queries, n_candidates] float64, higher = closer: cosine, or minus Euclidean distance.
+    Either input may be a scipy sparse matrix (the TF-IDF baseline)."""
+    return _similarity(_prepare(queries, metric), _prepare(candidates, metric), metric)
+
+
+def block_rows(n_candidates: int, memory_mb: float | None = None) -> int:
+    """Query rows per block so that a block's temporaries, about 3 arrays of [rows, n_candidates] x 8
+    bytes (similarities, a copy or comparison, indices), stay under `memory_mb` (settings.score_memory_mb)."""
+    memory_mb = memory_mb or settings.score_memory_mb
+    return max(1, int(memory_mb * 2**20 // (24 * max(n_candidates, 1))))
 
 
 def partner_ranks(queries: np.ndarray, candidates: np.ndarray, targets: np.ndarray | None = None,
-                  metric: str = "euclidean", block: int = 1024) -> np.ndarray:
+                  metric: str = "euclidean", block: int | None = None) -> np.ndarray:
     """1-based rank of each query's true candidate (`targets[i]`, default i) among all candidates.
 
     rank = 1 + (candidates strictly closer) + half the other candidates at exactly the same score,
-    so a constant model scores the chance level (n+1)/2, not 1. Scored `block` queries at a time:
-    memory is O(block * n_candidates).
+    so a constant model scores the chance level (n+1)/2, not 1. Scored `block` queries at a time
+    (default: block_rows, bounded by settings.score_memory_mb), so memory is the embeddings plus one
+    block, never [n_queries, n_candidates].
     """
-    targets = np.arange(len(queries)) if targets is None else np.asarray(targets)
-    ranks = np.empty(len(queries), dtype=np.float64)
-    for s in range(0, len(queries), block):
-        sim = scores(queries[s:s + block], candidates, metric)
+    targets = np.arange(queries.shape[0]) if targets is None else np.asarray(targets)
+    block = block or block_rows(candidates.shape[0])
+    c = _prepare(candidates, metric)  # once, not per block
+    ranks = np.empty(queries.shape[0], dtype=np.float64)
+    for s in range(0, queries.shape[0], block):
+        sim = _similarity(_prepare(queries[s:s + block], metric), c, metric)
         true = sim[np.arange(len(sim)), targets[s:s + block]][:, None]
         better = (sim > true).sum(1)
         ties = (sim == true).sum(1) - 1
         ranks[s:s + block] = 1 + better + 0.5 * ties
     return ranks
+
+
+def _prepare(x, metric: str) -> tuple:
+    """(rows as float64, normalized for cosine; their squared norms [n] for euclidean)."""
+    import scipy.sparse as sp
+
+    if metric not in ("cosine", "euclidean"):
+        raise ValueError(f"setting 'metric' must be euclidean or cosine, got '{metric}'")
+    x = x.astype(np.float64)
+    sq = np.asarray(x.multiply(x).sum(1)).ravel() if sp.issparse(x) else (x * x).sum(1)
+    if metric == "cosine":
+        inv = 1.0 / np.maximum(np.sqrt(sq), 1e-12)
+        x = sp.diags(inv) @ x if sp.issparse(x) else x * inv[:, None]
+        sq = sq * inv * inv
+    return x, sq
+
+
+def _similarity(q: tuple, c: tuple, metric: str) -> np.ndarray:
+    dot = q[0] @ c[0].T
+    dot = dot.toarray() if hasattr(dot, "toarray") else np.asarray(dot)
+    if metric == "cosine":
+        return dot
+    return -np.sqrt(np.maximum(q[1][:, None] + c[1][None, :] - 2.0 * dot, 0.0))

@@ -44,7 +44,7 @@ import torch
 
 import settings
 from load_data import DataError, ensure_default_data, iter_jsonl, load_corpus
-from model import ModelError, encode, load_model, partner_ranks, scores
+from model import ModelError, block_rows, encode, load_model, partner_ranks, scores
 
 TASKS = ("title_abstract", "abstract_segments", "query", "clustering")
 COLUMNS = {"title_abstract": "Title-Abstract", "abstract_segments": "Abstract-Segments", "query": "Query",
@@ -76,6 +76,9 @@ def run_benchmark(embedders: Iterable, cfg: dict, corpus_file: str | None = None
     queries_file = queries_file or cfg["queries_file"]
     cfg = {**cfg, "queries_file": queries_file}  # the file actually used, in messages and results
     corpus = load_corpus(corpus_file)
+    if len(corpus) < 2:
+        raise DataError(f"{corpus_file}: 1 paper; the benchmark ranks each paper's partner among all papers "
+                        f"and needs at least 2")
     queries = load_queries(queries_file, {p["id"] for p in corpus}) if os.path.exists(queries_file) else None
     out_dir = os.path.join(cfg["output_dir"], "benchmark",
                            f"{os.path.splitext(os.path.basename(corpus_file))[0]}-{cfg['metric']}")
@@ -95,7 +98,7 @@ def run_benchmark(embedders: Iterable, cfg: dict, corpus_file: str | None = None
         settings.write_json_atomic(r["results_file"], r, indent=1, ensure_ascii=False)
     table = results_table(results, cfg, data)
     print("\n" + table)
-    with open(os.path.join(out_dir, "results.md"), "w", encoding="utf-8") as f:
+    with settings.atomic_write(os.path.join(out_dir, "results.md")) as f:
         f.write(table + "\n")
     if maps:
         draw_map(maps, [p["label"] for p in corpus], os.path.join(out_dir, "map.png"), cfg)
@@ -138,16 +141,15 @@ class Encoder:
         arr = encode(self.model, self.tokenizer, texts, self.cfg["encode_batch_size"], self.cfg["max_length"],
                      self.pooling, self.cfg["precision"])
         if path:
-            os.makedirs(cache, exist_ok=True)
-            with open(f"{path}.tmp{os.getpid()}", "wb") as f:
+            with settings.atomic_write(path, "wb") as f:
                 np.save(f, arr)
-            os.replace(f"{path}.tmp{os.getpid()}", path)
         return arr
 
 
 class Lexical:
     """TF-IDF baseline: IDF fitted on the corpus' papers (title + abstract), sublinear tf, L2-normalized
-    rows, so Euclidean and cosine rank identically. Dense [n, vocab] arrays: fine for ~10k papers."""
+    rows, so Euclidean and cosine rank identically. Sparse [n, vocab] matrices: memory follows the
+    words in the texts, not n x vocab."""
 
     def __init__(self, corpus: list[dict], name: str = "TF-IDF (lexical)"):
         from sklearn.feature_extraction.text import TfidfVectorizer
@@ -157,7 +159,7 @@ class Lexical:
         self.key = {"lexical": "tfidf", "sublinear_tf": True, "vocab": len(self.vectorizer.vocabulary_)}
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        return self.vectorizer.transform(texts).astype(np.float32).toarray()
+        return self.vectorizer.transform(texts).astype(np.float32).tocsr()
 
 
 def paper_text(paper: dict, sep: str) -> str:
@@ -265,8 +267,10 @@ def task_sts_b(emb, corpus, queries, cfg) -> dict | str:
     path = os.path.join(spec.submodule_search_locations[0], "data", "sts_b", "sts-test.csv")
     with open(path, encoding="utf-8") as f:  # tab-separated: genre, file, year, id, score, s1, s2[, source]
         rows = [line.rstrip("\n").split("\t") for line in f if line.strip()]
-    x, y = emb.embed([r[5] for r in rows]), emb.embed([r[6] for r in rows])
-    cos = (x * y).sum(1) / np.maximum(np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1), 1e-12)
+    from sklearn.preprocessing import normalize
+
+    x, y = normalize(emb.embed([r[5] for r in rows])), normalize(emb.embed([r[6] for r in rows]))
+    cos = np.asarray(x.multiply(y).sum(1) if hasattr(x, "multiply") else (x * y).sum(1)).ravel()
     return {"spearman": float(100 * spearmanr(cos, [float(r[4]) for r in rows]).statistic), "n": len(rows)}
 
 
@@ -285,11 +289,14 @@ def rank_metrics(ranks: np.ndarray, n_candidates: int) -> dict:
             "chance_rank": (n_candidates + 1) / 2}
 
 
-def knn_agreement(x: np.ndarray, labels: list[str], k: int, metric: str, block: int = 1024) -> tuple[float, float]:
-    """Mean fraction of each point's k nearest other points sharing its label: (over points, over labels)."""
-    y = np.asarray(labels)
-    frac = np.empty(len(x))
-    for s in range(0, len(x), block):
+def knn_agreement(x: np.ndarray, labels: list[str], k: int, metric: str, block: int | None = None
+                  ) -> tuple[float, float]:
+    """Mean fraction of each point's k nearest other points sharing its label: (over points, over labels).
+    Scored in blocks of rows (model.block_rows: memory bounded by settings.score_memory_mb)."""
+    y, n = np.asarray(labels), x.shape[0]
+    block = block or block_rows(n)
+    frac = np.empty(n)
+    for s in range(0, n, block):
         sim = scores(x[s:s + block], x, metric)  # [block, n], higher = closer
         sim[np.arange(len(sim)), np.arange(s, s + len(sim))] = -np.inf  # never your own neighbour
         nn = np.argpartition(-sim, k - 1, axis=1)[:, :k]  # [block, k]
@@ -308,11 +315,10 @@ def kmeans_v_measure(x: np.ndarray, labels: list[str], metric: str, seed: int) -
     from sklearn.cluster import KMeans
     from sklearn.metrics import v_measure_score
 
+    from sklearn.preprocessing import normalize
+
     if metric == "cosine":
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    if (x == 0).mean() > 0.9:  # TF-IDF rows: sparse k-means gives the same result ~50x faster
-        from scipy.sparse import csr_matrix
-        x = csr_matrix(x)
+        x = normalize(x)  # L2 rows; keeps a sparse matrix (TF-IDF) sparse, where k-means is ~50x faster
     pred = KMeans(n_clusters=len(set(labels)), n_init=10, random_state=seed).fit_predict(x)
     return float(v_measure_score(labels, pred))
 
@@ -447,14 +453,15 @@ def draw_map(embeddings: dict[str, np.ndarray], labels: list, path: str, cfg: di
         ax.set(title=name, xticks=[], yticks=[])
     axes[0][-1].legend(markerscale=3, fontsize=8, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with settings.atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
     print(f"map of the embedding space: {path}")
 
 
 def _file_hash(path: str) -> str:
     with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()  # streamed
 
 
 def _versions() -> dict[str, str]:

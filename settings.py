@@ -6,10 +6,11 @@ Every run writes the resolved settings as `settings.json` next to its outputs.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
-from typing import Any, Callable
+from typing import IO, Any, Callable, Iterator
 
 
 def _packaged_minilm() -> str:
@@ -69,6 +70,8 @@ compile = False                 # torch.compile the encoder for training (GPU; s
 
 # Benchmark
 knn_k = 10                      # neighbours for the kNN clustering score
+score_memory_mb = 512           # bound on the scoring temporaries of the rank and kNN tasks (and validation):
+                                #   queries are scored in blocks of rows x all candidates within it
 baseline_models = ""            # extra models for --baselines, comma-separated "name_or_path[:pooling]"
 embedding_cache_dir = "cache/embeddings"  # benchmark embeddings, keyed by weights+settings+texts hash ("" = off)
 
@@ -223,14 +226,30 @@ def public_settings(cfg: dict[str, Any] | None = None, **extra: Any) -> dict[str
     return cfg
 
 
-def write_json_atomic(path: str, obj: Any, **dump_kwargs: Any) -> str:
-    """Write `obj` as JSON via a temporary file, fsync and rename: the old file or the new, never half."""
+@contextlib.contextmanager
+def atomic_write(path: str, mode: str = "w") -> Iterator[IO]:
+    """Open a temporary file beside `path` to write; on success fsync it and rename it over `path`.
+
+    Readers (and a rerun after a kill at any moment) see the old file or the new one, never half of
+    one; on an error the temporary file is removed and `path` is untouched.
+    """
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    try:
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json_atomic(path: str, obj: Any, **dump_kwargs: Any) -> str:
+    """Write `obj` as JSON through atomic_write: the old file or the new, never half."""
+    with atomic_write(path) as f:
         json.dump(obj, f, **dump_kwargs)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     return path
 
 

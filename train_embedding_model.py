@@ -35,7 +35,8 @@ from transformers import get_linear_schedule_with_warmup
 
 import settings
 from settings import SettingsError
-from load_data import batches_without_duplicates, load_summaries, make_pairs, split_validation
+from load_data import (append_jsonl, batches_without_duplicates, load_summaries, make_pairs, repair_tail,
+                       split_validation)
 from model import (autocast, embed, encode, load_model, partner_ranks, pool, recover_interrupted_save,
                    resolve_device, save_model)
 
@@ -238,6 +239,7 @@ def train_embedding_model(resume: bool = False, interrupt_after: int | None = No
     if main_process:
         os.makedirs(run_dir, exist_ok=True)
         settings.save_settings(run_dir, cfg, temperature_in_use=settings.temperature_for(cfg), processes=world)
+        repair_tail(os.path.join(run_dir, "log.jsonl"))  # a run killed mid-record left half a line
 
     summaries = load_summaries(cfg["train_summaries_file"])
     train, val = split_validation(summaries, cfg["validation_size"], cfg["seed"])
@@ -290,7 +292,7 @@ def train_embedding_model(resume: bool = False, interrupt_after: int | None = No
         if not main_process:
             return
         with open(os.path.join(run_dir, "log.jsonl"), "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+            append_jsonl(f, record)
 
     if state:
         optimizer.load_state_dict(state["optimizer"])

@@ -10,7 +10,8 @@ POST /v1/chat/completions answers, for the first user message (the paper; later 
     length   half a JSON object, finish_reason "length"
     429 / 500 / 400 / 401  that HTTP status (429 and 5xx with a tiny Retry-After, so clients retry fast)
 Server-wide options: `latency` (seconds per request), `reject_response_format` (400 for requests
-that send response_format, like a server that does not know it), `expected_key` (401 otherwise).
+that send response_format, like a server that does not know it), `expected_key` (401 otherwise),
+`redirect_to` (a base URL: every POST is answered 307 to the same path there).
 GET /_stats returns counts: total requests, requests per paper, requests with response_format or
 with a retry's feedback, the most requests in flight, and whether the expected key arrived.
 The key itself is never echoed.
@@ -35,8 +36,10 @@ class FakeOpenAIServer:
     """Start with `.start()` (a daemon thread on a free port), stop with `.stop()`; `.base_url`."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, latency: float = 0.0,
-                 reject_response_format: bool = False, expected_key: str | None = None):
+                 reject_response_format: bool = False, expected_key: str | None = None,
+                 redirect_to: str | None = None):
         self.latency, self.reject_response_format, self.expected_key = latency, reject_response_format, expected_key
+        self.redirect_to = redirect_to
         self.lock = threading.Lock()
         self.seen: Counter = Counter()       # requests per message (its paper marker, or its hash)
         self.stats = Counter()               # requests, with_response_format, key_ok/key_bad, max_inflight
@@ -157,6 +160,10 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(self.rfile.read(length) or b"{}")
         except ValueError:
             return self._send(400, _error("body is not JSON", None), {})
+        if self.fake.redirect_to:
+            with self.fake.lock:
+                self.fake.stats["redirected"] += 1
+            return self._send(307, {}, {"Location": self.fake.redirect_to.rstrip("/") + "/chat/completions"})
         if self.path.rstrip("/") != "/v1/chat/completions":
             return self._send(404, _error(f"no route {self.path}", None), {})
         self._send(*self.fake.answer(body, self.headers.get("Authorization")))

@@ -218,3 +218,39 @@ def test_evaluate_model_semantics_entry_point(tmp_path, tiny_model_dir, monkeypa
     assert (tmp_path / "out" / "benchmark" / "corpus-cosine" / "map.png").exists()
     with pytest.raises(ValueError, match="output_processing"):
         sb.evaluate_model_semantics(m, tok, output_processing="pooler")
+
+
+def test_scoring_memory_is_bounded_by_the_setting(monkeypatch):
+    """Rank and kNN scoring run in blocks of rows sized by score_memory_mb (Python memory, tracemalloc),
+    with the same results as one [n, n] block."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 16)).astype(np.float32)
+    y = x + rng.normal(scale=0.8, size=x.shape).astype(np.float32)
+    labels = [str(i % 7) for i in range(len(x))]
+    whole = partner_ranks(x, y, metric="euclidean", block=len(x)), sb.knn_agreement(x, labels, 5, "cosine", block=len(x))
+    monkeypatch.setattr(settings, "score_memory_mb", 2)
+    tracemalloc.start()
+    try:
+        blocked = partner_ranks(x, y, metric="euclidean"), sb.knn_agreement(x, labels, 5, "cosine")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert np.array_equal(whole[0], blocked[0]) and whole[1] == pytest.approx(blocked[1])
+    assert peak < 4 * 2**20, peak  # one [2000, 2000] float64 block alone would take 30 MiB
+
+
+def test_tfidf_stays_sparse_and_ranks_as_dense(tmp_path):
+    corpus = sb.load_corpus(small_corpus(tmp_path))
+    lex = sb.Lexical(corpus)
+    t, a = lex.embed([p["title"] for p in corpus]), lex.embed([p["abstract"] for p in corpus])
+    assert hasattr(t, "tocsr") and t.shape[0] == len(corpus)
+    for metric in ("euclidean", "cosine"):
+        assert np.array_equal(partner_ranks(t, a, metric=metric), partner_ranks(t.toarray(), a.toarray(), metric=metric))
+
+
+def test_a_corpus_of_one_paper_is_refused(tmp_path):
+    one = write_jsonl(tmp_path / "one.jsonl", [{"id": "a", "title": "A title", "abstract": "One. Two."}])
+    with pytest.raises(sb.DataError, match=r"one.jsonl: 1 paper; .* needs at least 2"):
+        lexical_run(tmp_path, one)

@@ -18,6 +18,7 @@ import generate_search_queries as gq
 import generate_train_summaries as gs
 import llm
 import settings
+import load_data as L
 from load_data import DataError, iter_jsonl, load_summaries
 
 KEY = "sk-test-5Ecr3t-d0-n0t-le4k-7f3a9c"
@@ -203,10 +204,10 @@ def test_resume_after_kill_loses_nothing_repeats_nothing(tmp_path, capsys):
 def test_repair_tail_keeps_complete_last_object(tmp_path):
     path = tmp_path / "x.jsonl"
     path.write_text('{"id": "a", "query": "q a"}\n{"id": "b", "query": "q b"}')
-    llm._repair_tail(str(path))
+    L.repair_tail(str(path))
     assert path.read_text().endswith('"q b"}\n') and len(lines(str(path))) == 2
     path.write_text('{"id": "a", "query": "q a"}\n{"id": "b", "qu')
-    llm._repair_tail(str(path))
+    L.repair_tail(str(path))
     assert path.read_text() == '{"id": "a", "query": "q a"}\n'
 
 
@@ -377,3 +378,43 @@ def test_interrupt_keeps_what_is_done(server, tmp_path):
     assert json.load(open(cfg["queries_file"].replace(".jsonl", ".settings.json")))["runs"][-1]["done"] >= 2
     assert gq.generate_queries(cfg)["skipped"] >= 2  # and a rerun goes on from there
     assert [r["id"] for r in lines(cfg["queries_file"])] == [f"p{i}" for i in range(6)]
+
+
+def test_papers_are_drawn_from_the_stream_only_as_workers_free_up():
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    drawn, finished, lock, most = [0], [0], threading.Lock(), [0]
+
+    def stream():
+        for i in range(200):
+            with lock:
+                drawn[0] += 1
+                most[0] = max(most[0], drawn[0] - finished[0])
+            yield i
+
+    def work(i):
+        time.sleep(0.001)
+        with lock:
+            finished[0] += 1
+        return i
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        got = sorted(f.result() for f in llm._completed(pool, work, stream(), window=6))
+    assert got == list(range(200)) and most[0] <= 6
+
+
+def test_redirects_are_not_followed(tmp_path):
+    """Data goes only to llm_base_url: a server that redirects elsewhere stops the run, and the other
+    address never sees a request."""
+    elsewhere = FakeOpenAIServer().start()
+    redirecting = FakeOpenAIServer(redirect_to=elsewhere.base_url).start()
+    try:
+        cfg = cfg_for(redirecting, tmp_path, make_corpus(tmp_path, n=3), llm_concurrency=1)
+        with pytest.raises(llm.FatalServerError, match=r"HTTP 307, a redirect, not followed"):
+            gs.generate_summaries(cfg)
+        assert redirecting.snapshot()["stats"]["redirected"] >= 1
+        assert elsewhere.snapshot()["stats"] == {}
+    finally:
+        redirecting.stop()
+        elsewhere.stop()

@@ -59,3 +59,55 @@ def test_missing_models_fail_clearly(tmp_path):
         M.load_model(str(tmp_path), "cpu")
     with pytest.raises(M.ModelError, match="never downloads"):
         M.load_model("nobody/no-such-model-xyz", "cpu")
+
+
+def test_bad_model_folders_name_the_folder_and_the_fault(tmp_path, tiny_model_dir):
+    """Damaged, mismatched or wrong-architecture folders give our ModelError, never random weights."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from transformers import AutoTokenizer, GPT2Config, GPT2Model, T5Config, T5Model
+
+    def copy(name: str) -> str:
+        return shutil.copytree(tiny_model_dir, tmp_path / name)
+
+    def edit_config(path: str, **changes) -> None:
+        cfg = json.load(open(os.path.join(path, "config.json")))
+        json.dump({**cfg, **changes}, open(os.path.join(path, "config.json"), "w"))
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    damaged = copy("damaged")
+    weights = os.path.join(damaged, "model.safetensors")
+    open(weights, "r+b").truncate(os.path.getsize(weights) // 2)  # a copy cut short
+    resized = copy("resized")
+    edit_config(resized, hidden_size=64)
+    wrong = copy("wrong_arch")  # GPT-2 weights under a BERT config.json
+    GPT2Model(GPT2Config(vocab_size=tok.vocab_size, n_embd=32, n_layer=1, n_head=2)).save_pretrained(wrong)
+    edit_config(wrong, **json.load(open(os.path.join(tiny_model_dir, "config.json"))))
+    t5 = str(tmp_path / "t5")
+    T5Model(T5Config(vocab_size=tok.vocab_size, d_model=32, d_ff=64, num_layers=1, num_heads=2, d_kv=16)).save_pretrained(t5)
+    tok.save_pretrained(t5)
+    unknown = copy("unknown")
+    edit_config(unknown, model_type="no-such-architecture")
+    cases = {damaged: "SafetensorError", resized: "tensor shapes differ", wrong: "tensors missing, e.g. ",
+             t5: "encoder-decoder model (t5)", unknown: "no-such-architecture"}
+    for path, words in cases.items():
+        with pytest.raises(M.ModelError) as e:
+            M.load_model(str(path), "cpu")
+        assert str(e.value).startswith(str(path)) and words in str(e.value) and "\n" not in str(e.value)
+
+    # safetensors where present: a broken pickle beside them is never opened
+    both = copy("both")
+    open(os.path.join(both, "pytorch_model.bin"), "wb").write(b"not a pickle")
+    model, _ = M.load_model(str(both), "cpu")
+    assert model.config.hidden_size == 32
+
+    # through a script: one line naming the folder, exit code 2
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "semantic_benchmark.py"), f"--model={wrong}",
+                          f"--output_dir={tmp_path / 'out'}"], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1
+    assert res.stderr.startswith(f"error: {wrong}: its weights do not fit its config.json")
