@@ -1,9 +1,15 @@
-"""Data formats, loaders, training pairs, the batch sampler, and the embedded default corpus.
+"""Data formats, loaders, JSONL files, training pairs, the batch sampler, sentence halves, and the
+embedded default corpus.
 
 Formats (JSON Lines, UTF-8, one object a line, in `data/`):
 - corpus file:    {"id": str, "title": str, "abstract": str, "label": str (optional), ...}
 - summaries file: {"id": str, "summaries": [str, ...], ...provenance (model, prompt, source)}
 - queries file:   {"id": str, "query": str, ...provenance}   (read by semantic_benchmark.py)
+
+Files are read as streams, one line at a time (a line over MAX_LINE_BYTES is refused): memory holds
+what a caller keeps, not the file. Whole files are written through settings.atomic_write (temporary
+file, fsync, rename); appends are one flushed and synced line per record, and repair_tail drops the
+half line a killed writer leaves.
 
 `python load_data.py` builds the default data from the installed `aclsum` package if missing.
 """
@@ -290,6 +296,44 @@ def batches_without_duplicates(pair_ids: list[str], batch_size: int) -> list[lis
             break
         batches.append(batch)
     return batches
+
+
+# ----------------------------------------------------------------------------------------------
+# Sentences and halves (the benchmark's abstract-segments task)
+
+# A sentence ends at . ! or ? (optionally followed by a closing quote/bracket), then whitespace, then
+# a capital letter, digit, '$' (LaTeX), '\' or an opening quote/bracket -- unless the word before the
+# dot is a common abbreviation ("e.g. The" and "et al. Our" do not end sentences).
+_BOUNDARY = re.compile(r"[.!?][\"')\]]*\s+(?=[A-Z0-9$\\\"'(\[])")
+_ABBREVIATIONS = {"e.g", "i.e", "al", "fig", "figs", "eq", "eqs", "ref", "refs", "sec", "vs", "cf", "no",
+                  "approx", "resp", "dr", "mr", "ms", "prof", "st", "ca", "viz", "et"}
+
+
+def split_sentences(text: str) -> list[str]:
+    sentences, start = [], 0
+    for m in _BOUNDARY.finditer(text):
+        before = text[start:m.start()].split()
+        word = before[-1].lower().rstrip(".") if before else ""
+        if word in _ABBREVIATIONS:  # single letters do end sentences: "... of a manifold X. We ..."
+            continue
+        sentences.append(text[start:m.end()].strip())
+        start = m.end()
+    sentences.append(text[start:].strip())
+    return [s for s in sentences if s]
+
+
+def split_halves(text: str) -> tuple[str, str] | None:
+    """Cut at the sentence boundary that makes the halves' lengths (characters) most equal, the earlier
+    boundary on a tie; None for a text of fewer than 2 sentences."""
+    sents = split_sentences(text)
+    if len(sents) < 2:
+        return None
+    total, best, cut, run = sum(len(s) for s in sents), None, 1, 0
+    for i in range(1, len(sents)):
+        run += len(sents[i - 1])
+        if best is None or abs(2 * run - total) < best:
+            best, cut = abs(2 * run - total), i
+    return " ".join(sents[:cut]), " ".join(sents[cut:])
 
 
 def _main(overwrite: bool = False) -> None:

@@ -8,6 +8,7 @@ run's `similarity_fn_name`, so `SentenceTransformer(path).encode()` gives the sa
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 
@@ -121,6 +122,22 @@ def recover_interrupted_save(path: str) -> None:
     path = path.rstrip("/")
     if not os.path.exists(path) and os.path.isdir(path + ".old"):
         os.replace(path + ".old", path)
+
+
+def short_name(path: str) -> str:
+    """A model's name for tables: the packaged MiniLM by its name, a folder by its last two parts."""
+    if os.path.abspath(path) == os.path.abspath(settings._packaged_minilm()):
+        return "all-MiniLM-L6-v2"
+    parts = os.path.normpath(path).split(os.sep)
+    return "/".join(parts[-2:]) if os.path.isdir(path) else path
+
+
+def saved_pooling(path: str) -> str | None:
+    """The pooling a sentence-transformers folder was saved with (new or old config format), if any."""
+    file = os.path.join(path, "1_Pooling", "config.json")
+    c = json.load(open(file, encoding="utf-8")) if os.path.exists(file) else {}
+    return c.get("pooling_mode") or ("cls" if c.get("pooling_mode_cls_token") else
+                                     "mean" if c.get("pooling_mode_mean_tokens") else None)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -43,8 +43,9 @@ import numpy as np
 import torch
 
 import settings
-from load_data import DataError, ensure_default_data, iter_jsonl, load_corpus
-from model import ModelError, block_rows, encode, load_model, partner_ranks, scores
+from load_data import DataError, ensure_default_data, iter_jsonl, load_corpus, split_halves
+from model import (ModelError, block_rows, encode, load_model, partner_ranks, saved_pooling, scores,
+                   short_name)
 
 TASKS = ("title_abstract", "abstract_segments", "query", "clustering")
 COLUMNS = {"title_abstract": "Title-Abstract", "abstract_segments": "Abstract-Segments", "query": "Query",
@@ -62,7 +63,7 @@ def evaluate_model_semantics(model, tokenizer, output_processing: str = "last_hi
     if output_processing != "last_hidden":
         raise ValueError(f"output_processing must be 'last_hidden', got '{output_processing}'")
     cfg = settings.resolved(**({"metric": metric} if metric else {}))
-    name = name or f"{_short_name(model.name_or_path)} [{cfg['pooling']}]"
+    name = name or f"{short_name(model.name_or_path)} [{cfg['pooling']}]"
     return run_benchmark([Encoder(name, model, tokenizer, cfg["pooling"], cfg, role="trained")],
                          cfg, corpus_file, queries_file, overwrite)[name]
 
@@ -342,44 +343,6 @@ def perf_scores(results: dict[str, dict]) -> dict[str, tuple[float | None, dict]
 
 
 # ----------------------------------------------------------------------------------------------
-# Sentences and halves
-
-# A sentence ends at . ! or ? (optionally followed by a closing quote/bracket), then whitespace, then
-# a capital letter, digit, '$' (LaTeX), '\' or an opening quote/bracket -- unless the word before the
-# dot is a common abbreviation ("e.g. The" and "et al. Our" do not end sentences).
-_BOUNDARY = re.compile(r"[.!?][\"')\]]*\s+(?=[A-Z0-9$\\\"'(\[])")
-_ABBREVIATIONS = {"e.g", "i.e", "al", "fig", "figs", "eq", "eqs", "ref", "refs", "sec", "vs", "cf", "no",
-                  "approx", "resp", "dr", "mr", "ms", "prof", "st", "ca", "viz", "et"}
-
-
-def split_sentences(text: str) -> list[str]:
-    sentences, start = [], 0
-    for m in _BOUNDARY.finditer(text):
-        before = text[start:m.start()].split()
-        word = before[-1].lower().rstrip(".") if before else ""
-        if word in _ABBREVIATIONS:  # single letters do end sentences: "... of a manifold X. We ..."
-            continue
-        sentences.append(text[start:m.end()].strip())
-        start = m.end()
-    sentences.append(text[start:].strip())
-    return [s for s in sentences if s]
-
-
-def split_halves(text: str) -> tuple[str, str] | None:
-    """Cut at the sentence boundary that makes the halves' lengths (characters) most equal, the earlier
-    boundary on a tie; None for a text of fewer than 2 sentences."""
-    sents = split_sentences(text)
-    if len(sents) < 2:
-        return None
-    total, best, cut, run = sum(len(s) for s in sents), None, 1, 0
-    for i in range(1, len(sents)):
-        run += len(sents[i - 1])
-        if best is None or abs(2 * run - total) < best:
-            best, cut = abs(2 * run - total), i
-    return " ".join(sents[:cut]), " ".join(sents[cut:])
-
-
-# ----------------------------------------------------------------------------------------------
 # Input, output, table, map
 
 
@@ -469,28 +432,13 @@ def _versions() -> dict[str, str]:
         "numpy", "torch", "transformers", "sentence-transformers", "scikit-learn")}}
 
 
-def _short_name(path: str) -> str:
-    if os.path.abspath(path) == os.path.abspath(settings._packaged_minilm()):
-        return "all-MiniLM-L6-v2"
-    parts = os.path.normpath(path).split(os.sep)
-    return "/".join(parts[-2:]) if os.path.isdir(path) else path
-
-
-def _saved_pooling(path: str) -> str | None:
-    """The pooling a sentence-transformers folder was saved with (new or old config format), if any."""
-    file = os.path.join(path, "1_Pooling", "config.json")
-    c = json.load(open(file, encoding="utf-8")) if os.path.exists(file) else {}
-    return c.get("pooling_mode") or ("cls" if c.get("pooling_mode_cls_token") else
-                                     "mean" if c.get("pooling_mode_mean_tokens") else None)
-
-
 def cli_embedders(model: str, baselines: bool, corpus_file: str, cfg: dict) -> Iterator:
     """The run's models, loaded one at a time: --model, and with --baselines the untrained base
     encoder, the trained model, TF-IDF, the packaged all-MiniLM-L6-v2 (mean) and settings.baseline_models."""
     specs = [(model, cfg["pooling"], "model")] if model else []
     if baselines:
         trained = os.path.join(cfg["output_dir"], cfg["save_name"], "best")
-        pooling = _saved_pooling(trained) or cfg["pooling"]
+        pooling = saved_pooling(trained) or cfg["pooling"]
         specs.append((cfg["encoder_checkpoint"], pooling, "base"))
         if os.path.isdir(trained):
             specs.append((trained, pooling, "trained"))
@@ -516,7 +464,7 @@ def cli_embedders(model: str, baselines: bool, corpus_file: str, cfg: dict) -> I
             print(f"skipped baseline: {e}")
             continue
         suffix = {"base": " (untrained base)", "trained": " (trained)"}.get(role, "")
-        yield Encoder(f"{_short_name(path)} [{pooling}]{suffix}", m, tok, pooling, cfg, role=role, path=path)
+        yield Encoder(f"{short_name(path)} [{pooling}]{suffix}", m, tok, pooling, cfg, role=role, path=path)
 
 
 def _join_space_values(argv: list[str]) -> list[str]:

@@ -20,7 +20,6 @@ Other objectives (setting `objective`), on the same data and loss, for compariso
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 import time

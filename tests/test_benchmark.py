@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 
+import load_data as L
 import semantic_benchmark as sb
 import settings
 from conftest import write_jsonl
@@ -97,16 +98,16 @@ def test_perf_formula():
 
 
 def test_split_halves_rule():
-    assert sb.split_halves("Only one sentence here, e.g. This is not a second one.") is None
+    assert L.split_halves("Only one sentence here, e.g. This is not a second one.") is None
     # Cut after 1 sentence: |2*12 - 64| = 40 beats cutting after 2: |2*53 - 64| = 42.
-    assert sb.split_halves("A short one. Then a much longer sentence follows here. And an end.") == \
+    assert L.split_halves("A short one. Then a much longer sentence follows here. And an end.") == \
         ("A short one.", "Then a much longer sentence follows here. And an end.")
     # Balanced by characters, earlier boundary on a tie; abbreviations and "et al." do not split.
-    assert sb.split_halves("Aaaa. Bbbb. Cccc. Dddd.") == ("Aaaa. Bbbb.", "Cccc. Dddd.")
-    assert sb.split_sentences("Smith et al. Showed this. We use Fig. 2 here!") == \
+    assert L.split_halves("Aaaa. Bbbb. Cccc. Dddd.") == ("Aaaa. Bbbb.", "Cccc. Dddd.")
+    assert L.split_sentences("Smith et al. Showed this. We use Fig. 2 here!") == \
         ["Smith et al. Showed this.", "We use Fig. 2 here!"]
     # A lower-case word or a decimal after a dot is no boundary; LaTeX or a digit after a space is.
-    assert sb.split_sentences("We got 3.5 units. and more. $x$ is big. 42 is the answer.") == \
+    assert L.split_sentences("We got 3.5 units. and more. $x$ is big. 42 is the answer.") == \
         ["We got 3.5 units. and more.", "$x$ is big.", "42 is the answer."]
 
 
@@ -152,7 +153,7 @@ def test_resume_keeps_scored_tasks_and_overwrite_redoes_them(tmp_path):
     papers = sb.load_corpus(corpus)
     rng = np.random.default_rng(0)
     texts = [p["title"] for p in papers] + [p["abstract"] for p in papers] + [sb.paper_text(p, " ") for p in papers]
-    texts += [h for p in papers for h in sb.split_halves(p["abstract"])]
+    texts += [h for p in papers for h in L.split_halves(p["abstract"])]
     table = {t: rng.normal(size=4) for t in texts}
 
     class Crashing(Fixed):  # dies on its third embed() call, i.e. inside the second task

@@ -12,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 import load_data as L
-from semantic_benchmark import _ABBREVIATIONS
+from load_data import _ABBREVIATIONS
 from conftest import ROOT
 
 text = st.text(min_size=1, max_size=40).filter(lambda s: s.strip())
@@ -27,16 +27,62 @@ def test_corpus_round_trips_any_unicode(tmp_path, rows):
     assert [(p["id"], p["title"], p["label"]) for p in back] == [(i, t, lab) for i, t, lab in rows]
 
 
+@hsettings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from("abcd"), st.lists(st.text(max_size=12), max_size=5)), min_size=1, max_size=8))
+def test_summaries_merge_by_id_keep_distinct_text_and_drop_papers_below_two(tmp_path, rows):
+    path = str(tmp_path / "s.jsonl")
+    L.write_jsonl_atomic(path, [{"id": i, "summaries": s} for i, s in rows])
+    want: dict[str, list[str]] = {}
+    for i, s in rows:  # what the format promises, written out plainly
+        for x in (x.strip() for x in s):
+            if x and x not in want.setdefault(i, []):
+                want[i].append(x)
+    want = {i: s for i, s in want.items() if len(s) >= 2}
+    try:
+        assert L.load_summaries(path) == want
+    except L.DataError as e:
+        assert not want and "no paper has at least 2" in str(e)
+
+
+def _fuzz_loaders(path: str) -> list:
+    from llm import compact
+    from semantic_benchmark import load_queries
+
+    return [L.load_corpus, L.load_summaries, lambda p: load_queries(p, {"a"}),
+            lambda p: compact(p, "query", "m", "h"), lambda p: list(L.iter_jsonl(p, allow_truncated_tail=True))]
+
+
 @hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.binary(max_size=300))
+@given(st.one_of(st.binary(max_size=300),
+                 st.lists(st.sampled_from([b'{"id": "a", "title": "t", "abstract": "x. Y.", "query": "q", '
+                                           b'"summaries": ["s", "t"]}', b"{", b"[]", b'"x"', b"\xff", b"\n",
+                                           b'{"id": 1}', b'{"id": "a", "title": ""}']), max_size=6).map(b"\n".join)))
 def test_random_bytes_give_our_clean_error_or_data(tmp_path, blob):
+    """Every loader (corpus, summaries, queries, generation output compaction, the raw reader) answers
+    random bytes, and near-valid lines, with data or our one-line DataError naming the file."""
     path = tmp_path / "fuzz.jsonl"
-    path.write_bytes(blob)
-    for loader in (L.load_corpus, L.load_summaries):
+    for loader in _fuzz_loaders(str(path)):
+        path.write_bytes(blob)  # compact may rewrite it
         try:
             loader(str(path))
         except L.DataError as e:
             assert str(e).startswith(str(path)) and "\n" not in str(e)
+
+
+@hsettings(max_examples=100, deadline=None)
+@given(st.lists(st.one_of(st.text(max_size=20), st.sampled_from(["--metric=", "--batch_size=", "--resume", "--seed=-"])
+                          .flatmap(lambda k: st.text(max_size=6).map(lambda v: k + v))), max_size=4))
+def test_random_command_lines_give_our_clean_error_or_settings(argv):
+    import settings
+
+    saved = {k: getattr(settings, k) for k in settings._TYPES}
+    try:
+        settings.parse_command_line(argv, flags={"resume": False})
+        assert settings.metric in ("euclidean", "cosine") and isinstance(settings.batch_size, int)
+    except settings.SettingsError as e:
+        assert "\n" not in str(e)
+    finally:
+        settings.update(**saved)
 
 
 @hsettings(max_examples=100, deadline=None)
@@ -201,7 +247,7 @@ sentence = st.builds(lambda first, rest: " ".join([first.capitalize(), *rest]) +
 @hsettings(max_examples=200, deadline=None)
 @given(st.lists(sentence, min_size=1, max_size=10))
 def test_half_split_property(sentences):
-    from semantic_benchmark import split_halves
+    from load_data import split_halves
 
     text = " ".join(sentences)
     halves = split_halves(text)
