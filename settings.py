@@ -70,7 +70,7 @@ compile = False                 # torch.compile the encoder for training (GPU; s
 
 # Benchmark
 knn_k = 10                      # neighbours for the kNN clustering score
-score_memory_mb = 512           # bound on the scoring temporaries of the rank and kNN tasks (and validation):
+score_memory_mb = 128           # bound on the scoring temporaries of the rank and kNN tasks (and validation):
                                 #   queries are scored in blocks of rows x all candidates within it
 baseline_models = ""            # extra models for --baselines, comma-separated "name_or_path[:pooling]"
 embedding_cache_dir = "cache/embeddings"  # benchmark embeddings, keyed by weights+settings+texts hash ("" = off)

@@ -250,7 +250,11 @@ def train_embedding_model(resume: bool = False, interrupt_after: int | None = No
     state_path = os.path.join(last_dir, "training_state.pt")
     state = None
     if resume and os.path.exists(state_path):
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        try:
+            state = torch.load(state_path, map_location="cpu", weights_only=True)  # tensors and numbers: no code
+        except Exception as e:  # noqa: BLE001 -- a damaged file raises one of several unpickling errors
+            raise TrainingError(f"{state_path}: cannot be read ({type(e).__name__}); delete {last_dir} to start "
+                                f"afresh, or train on from {best_dir} with --encoder_checkpoint") from None
         if (state["metric"], state.get("objective", "semcse")) != (cfg["metric"], cfg["objective"]):
             raise SettingsError(f"{state_path}: checkpoint was trained with metric={state['metric']}, objective="
                                 f"{state.get('objective', 'semcse')}; settings say metric={cfg['metric']}, "

@@ -75,7 +75,7 @@ def test_objectives_train_resume_and_save_a_plain_encoder(tmp_path, tiny_model_d
     run(tmp_path, objective, tiny_model_dir, summaries_file, objective=objective, max_steps=4, eval_every=2,
         resume=True)
     assert [r["step"] for r in log_of(tmp_path, objective)] == [0, 2, 4]
-    state = torch.load(tmp_path / objective / "last" / "training_state.pt", weights_only=False)
+    state = torch.load(tmp_path / objective / "last" / "training_state.pt", weights_only=True)
     assert state["objective"] == objective and (state["head"] is not None) == (objective == "sarcse")
     plain = set(AutoModel.from_pretrained(tiny_model_dir).state_dict())
     assert set(AutoModel.from_pretrained(best).state_dict()) == plain  # no head in the saved model

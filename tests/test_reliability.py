@@ -166,13 +166,13 @@ def test_killed_training_resumes_to_the_end(tmp_path, tiny_model_dir, summaries_
         from model import load_model
 
         load_model(str(last), "cpu")  # never broken (recovered from .old if needed)
-        torch.load(last / "training_state.pt", weights_only=False)
+        torch.load(last / "training_state.pt", weights_only=True)
     with open(tmp_path / "k" / "log.jsonl", "a") as f:
         f.write('{"step": 3, "val_mean_ra')  # what a kill in the middle of a log write leaves
     done = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "dropped a truncated last line" in done.stderr
-    state = torch.load(last / "training_state.pt", weights_only=False)
+    state = torch.load(last / "training_state.pt", weights_only=True)
     assert state["step"] == 40
     steps = [json.loads(x)["step"] for x in open(tmp_path / "k" / "log.jsonl")]
     assert steps[-1] == 40 and steps == sorted(steps)

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 import settings
 
-from train_embedding_model import train_embedding_model
+from train_embedding_model import TrainingError, train_embedding_model
 
 
 def run(tmp_path, name, tiny_model_dir, summaries_file, **kw):
@@ -26,7 +26,7 @@ def log_of(tmp_path, name):
 def test_resume_gives_the_same_state_as_an_uninterrupted_run(tmp_path, tiny_model_dir, summaries_file):
     run(tmp_path, "straight", tiny_model_dir, summaries_file)
     run(tmp_path, "resumed", tiny_model_dir, summaries_file, interrupt_after=3)
-    state = torch.load(tmp_path / "resumed" / "last" / "training_state.pt", weights_only=False)
+    state = torch.load(tmp_path / "resumed" / "last" / "training_state.pt", weights_only=True)
     assert state["step"] == 3
     run(tmp_path, "resumed", tiny_model_dir, summaries_file, resume=True)
 
@@ -35,8 +35,8 @@ def test_resume_gives_the_same_state_as_an_uninterrupted_run(tmp_path, tiny_mode
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    sa = torch.load(tmp_path / "straight" / "last" / "training_state.pt", weights_only=False)
-    sb = torch.load(tmp_path / "resumed" / "last" / "training_state.pt", weights_only=False)
+    sa = torch.load(tmp_path / "straight" / "last" / "training_state.pt", weights_only=True)
+    sb = torch.load(tmp_path / "resumed" / "last" / "training_state.pt", weights_only=True)
     assert sa["step"] == sb["step"] == 6 and sa["best"] == sb["best"]
     assert sa["scheduler"] == sb["scheduler"]
     for pa, pb in zip(sa["optimizer"]["state"].values(), sb["optimizer"]["state"].values()):
@@ -60,10 +60,14 @@ def test_training_lowers_the_validation_rank_and_keeps_the_best(tmp_path):
     assert saved["max_steps"] == 10 and saved["temperature_in_use"] == 1.0
 
 
-def test_resume_refuses_a_checkpoint_of_the_other_metric(tmp_path, tiny_model_dir, summaries_file):
+def test_resume_refuses_a_checkpoint_of_the_other_metric_or_a_damaged_one(tmp_path, tiny_model_dir, summaries_file):
     run(tmp_path, "m", tiny_model_dir, summaries_file, max_steps=3)
     with pytest.raises(settings.SettingsError, match="metric=euclidean"):
         run(tmp_path, "m", tiny_model_dir, summaries_file, max_steps=6, metric="cosine", resume=True)
+    state = tmp_path / "m" / "last" / "training_state.pt"
+    state.write_bytes(state.read_bytes()[:1000])  # a damaged checkpoint: named, never a traceback
+    with pytest.raises(TrainingError, match=r"training_state.pt: cannot be read \(\w+\); delete .*last"):
+        run(tmp_path, "m", tiny_model_dir, summaries_file, max_steps=6, resume=True)
 
 
 def test_early_stopping_stops_after_patience(tmp_path, tiny_model_dir, summaries_file):
@@ -88,7 +92,7 @@ def test_a_non_finite_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_
     monkeypatch.setattr(T, "contrastive_loss", poisoned)
     with pytest.raises(T.TrainingError, match="loss is nan at step 5.*last good checkpoint"):
         run(tmp_path, "nan", tiny_model_dir, summaries_file, max_steps=9)
-    state = torch.load(tmp_path / "nan" / "last" / "training_state.pt", weights_only=False)
+    state = torch.load(tmp_path / "nan" / "last" / "training_state.pt", weights_only=True)
     assert state["step"] == 3
     monkeypatch.setattr(T, "contrastive_loss", real)
     run(tmp_path, "nan", tiny_model_dir, summaries_file, max_steps=9, resume=True)  # goes on from step 3
