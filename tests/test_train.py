@@ -97,3 +97,27 @@ def test_a_non_finite_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_
     monkeypatch.setattr(T, "contrastive_loss", real)
     run(tmp_path, "nan", tiny_model_dir, summaries_file, max_steps=9, resume=True)  # goes on from step 3
     assert [r["step"] for r in log_of(tmp_path, "nan")] == [0, 3, 6, 9]
+
+
+def test_main_runs_end_to_end_and_resumes(tmp_path, tiny_model_dir, summaries_file):
+    """python main.py: train, then the benchmark on the trained model; --resume goes on from last/."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, write_jsonl
+
+    corpus = write_jsonl(tmp_path / "bench.jsonl", [
+        {"id": f"b{i}", "title": f"Paper {i} on topic {i % 3}", "label": f"t{i % 3}",
+         "abstract": f"We study topic {i % 3} with idea {i}. Results for idea {i} are good."} for i in range(12)])
+    args = [sys.executable, os.path.join(ROOT, "main.py"), f"--encoder_checkpoint={tiny_model_dir}",
+            f"--train_summaries_file={summaries_file}", f"--benchmark_corpus_file={corpus}",
+            f"--queries_file={tmp_path / 'none.jsonl'}", f"--data_dir={tmp_path / 'data'}",
+            f"--output_dir={tmp_path / 'out'}", f"--embedding_cache_dir={tmp_path / 'cache'}", "--batch_size=8",
+            "--validation_size=10", "--eval_every=2", "--warmup_steps=1", "--device=cpu", "--precision=fp32"]
+    first = subprocess.run(args + ["--max_steps=2"], capture_output=True, text=True, cwd=ROOT)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "| SemCSE/best [cls] |" in first.stdout and "title_abstract: mean_rank=" in first.stdout
+    again = subprocess.run(args + ["--max_steps=4", "--resume"], capture_output=True, text=True, cwd=ROOT)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resumed from" in again.stdout and [r["step"] for r in log_of(tmp_path / "out", "SemCSE")] == [0, 2, 4]
+    assert json.load(open(tmp_path / "out" / "SemCSE" / "settings.json"))["max_steps"] == 4
