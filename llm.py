@@ -34,7 +34,7 @@ import openai
 from tqdm import tqdm
 
 import settings
-from load_data import DataError, append_jsonl, iter_corpus, iter_jsonl, keep_lines, repair_tail
+from load_data import DataError, append_jsonl, iter_corpus, iter_jsonl, iter_records, keep_lines, repair_tail
 
 NO_KEY = "no-key"  # local servers need no key, but the openai client refuses to start without one
 
@@ -422,15 +422,15 @@ def compact(path: str, field: str, model: str, prompt_sha: str) -> list[str]:
     prompt wins (the first, if repeated); else its newest line from an earlier generation is kept."""
     if not os.path.exists(path):
         return []
-    current: dict[str, int] = {}  # id -> line number of the line kept
+    current: dict[str, int] = {}  # id -> byte offset of the line kept
     older: dict[str, int] = {}
-    for line, r in iter_jsonl(path, allow_truncated_tail=True):
+    for line, offset, r in iter_records(path, allow_truncated_tail=True):
         if not isinstance(r.get("id"), str) or field not in r:
             raise DataError(f"{path}:{line}: expected fields 'id' and '{field}'")
         if r.get("model") == model and r.get("prompt_sha256") == prompt_sha:
-            current.setdefault(r["id"], line)
+            current.setdefault(r["id"], offset)
         else:
-            older[r["id"]] = line
+            older[r["id"]] = offset
     keep = {**older, **current}
     keep_lines(path, keep)
     return sorted(keep)
@@ -440,7 +440,8 @@ def _compact_failures(path: str, succeeded: set[str]) -> None:
     """Keep the latest failure of each paper with no good line from this model and prompt; no file if none."""
     if not os.path.exists(path):
         return
-    latest = {r["id"]: line for line, r in iter_jsonl(path, allow_truncated_tail=True) if r.get("id") not in succeeded}
+    latest = {r["id"]: offset for _, offset, r in iter_records(path, allow_truncated_tail=True)
+              if r.get("id") not in succeeded}
     if latest:
         keep_lines(path, latest)
     else:

@@ -21,8 +21,9 @@ import random
 import re
 import sys
 from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
 from itertools import combinations
-from typing import IO, Any, Iterable, Iterator
+from typing import IO, Any
 
 import settings
 
@@ -110,7 +111,13 @@ def iter_jsonl(path: str, allow_truncated_tail: bool = False) -> Iterator[tuple[
     With `allow_truncated_tail`, an unparsable *last* line without a newline (a run killed mid-write)
     is skipped instead of raising.
     """
-    for i, _, raw in iter_lines(path):
+    for line, _, obj in iter_records(path, allow_truncated_tail):
+        yield line, obj
+
+
+def iter_records(path: str, allow_truncated_tail: bool = False) -> Iterator[tuple[int, int, dict]]:
+    """iter_jsonl with each line's byte offset: (line number, offset, object), for reading it again later."""
+    for i, offset, raw in iter_lines(path):
         if not raw.strip():
             continue
         try:
@@ -124,7 +131,7 @@ def iter_jsonl(path: str, allow_truncated_tail: bool = False) -> Iterator[tuple[
             raise DataError(f"{path}:{i}: not valid JSON ({e.msg})") from None
         if not isinstance(obj, dict):
             raise DataError(f"{path}:{i}: expected a JSON object, got {type(obj).__name__}")
-        yield i, obj
+        yield i, offset, obj
 
 
 def _field(path: str, line: int, obj: dict, name: str, kind: type, required: bool = True) -> Any:
@@ -164,30 +171,71 @@ def load_corpus(path: str) -> list[dict]:
     return papers
 
 
-def load_summaries(path: str, min_summaries: int = 2) -> dict[str, list[str]]:
-    """{paper id: distinct, non-empty summaries}; papers with fewer than `min_summaries` are skipped,
-    each skip reported with file:line, and the count printed."""
-    out: dict[str, list[str]] = {}
-    skipped = 0
-    for line, obj in iter_jsonl(path, allow_truncated_tail=True):
+class Summaries(Mapping[str, list[str]]):
+    """{paper id: its distinct, non-empty summaries}, read from the file when asked for: memory holds
+    each paper's line offsets and summary count, not the texts (so a summaries file larger than
+    memory trains). Several lines of one id are merged, in file order. Made by load_summaries."""
+
+    def __init__(self, path: str, offsets: dict[str, list[int]], counts: dict[str, int]):
+        self.path, self.offsets, self.counts = path, offsets, counts
+
+    def __getitem__(self, pid: str) -> list[str]:
+        texts: list[str] = []
+        with open(self.path, "rb") as f:
+            for offset in self.offsets[pid]:
+                f.seek(offset)
+                try:
+                    obj = json.loads(f.readline(MAX_LINE_BYTES + 1))
+                except ValueError:
+                    obj = {}
+                if obj.get("id") != pid or not isinstance(obj.get("summaries"), list):
+                    raise DataError(f"{self.path}: changed while in use (byte {offset} no longer starts paper "
+                                    f"'{pid}'); start again") from None
+                texts += obj["summaries"]
+        return _distinct(texts)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def subset(self, ids: Iterable[str]) -> "Summaries":
+        ids = list(ids)
+        return Summaries(self.path, {i: self.offsets[i] for i in ids}, {i: self.counts[i] for i in ids})
+
+
+def _distinct(texts: list[str]) -> list[str]:
+    return list(dict.fromkeys(t.strip() for t in texts if t.strip()))
+
+
+def load_summaries(path: str, min_summaries: int = 2) -> Summaries:
+    """Index a summaries file in one streamed pass, checking every line: {paper id: distinct, non-empty
+    summaries} (a Summaries mapping). Papers with fewer than `min_summaries` are skipped, each skip
+    reported, and the count printed."""
+    offsets: dict[str, list[int]] = {}
+    counts: dict[str, int] = {}
+    for line, offset, obj in iter_records(path, allow_truncated_tail=True):
         pid = _field(path, line, obj, "id", str)
         summaries = _field(path, line, obj, "summaries", list)
         if not all(isinstance(s, str) for s in summaries):
             raise DataError(f"{path}:{line}: field 'summaries' must be a list of strings")
         # A later line for the same id adds to it (append-only generation writes one line per run).
-        merged = list(dict.fromkeys(out.get(pid, []) + [s.strip() for s in summaries if s.strip()]))
-        out[pid] = merged
-    for pid in [p for p, s in out.items() if len(s) < min_summaries]:
-        print(f"warning: {path}: paper '{pid}' has {len(out[pid])} distinct summaries, "
+        offsets.setdefault(pid, []).append(offset)
+        counts[pid] = len(_distinct(summaries))
+    index = Summaries(path, offsets, counts)
+    for pid in [p for p, o in offsets.items() if len(o) > 1]:
+        counts[pid] = len(index[pid])  # merged lines may repeat summaries: count them together
+    skipped = [pid for pid, n in counts.items() if n < min_summaries]
+    for pid in skipped:
+        print(f"warning: {path}: paper '{pid}' has {counts[pid]} distinct summaries, "
               f"needs {min_summaries}; skipped", file=sys.stderr)
-        del out[pid]
-        skipped += 1
     if skipped:
-        print(f"{path}: skipped {skipped} papers with fewer than {min_summaries} summaries, kept {len(out)}",
-              file=sys.stderr)
-    if not out:
+        print(f"{path}: skipped {len(skipped)} papers with fewer than {min_summaries} summaries, "
+              f"kept {len(counts) - len(skipped)}", file=sys.stderr)
+    if len(skipped) == len(counts):
         raise DataError(f"{path}: no paper has at least {min_summaries} distinct summaries")
-    return out
+    return index.subset(pid for pid in offsets if counts[pid] >= min_summaries)
 
 
 def write_jsonl_atomic(path: str, records: Iterable[dict]) -> None:
@@ -235,38 +283,34 @@ def repair_tail(path: str) -> None:
 
 
 def keep_lines(path: str, keep: dict[str, int]) -> None:
-    """Rewrite `path` atomically with only the lines `keep` names ({id: line number}), sorted by id. The
-    lines are copied as bytes from their offsets: memory holds the ids, not the file."""
-    lines = set(keep.values())
-    offsets = {line: offset for line, offset, _ in iter_lines(path) if line in lines}
+    """Rewrite `path` atomically with only the lines `keep` names ({id: byte offset}, from iter_records),
+    sorted by id. Lines are copied as bytes: memory holds the ids, not the file."""
     with open(path, "rb") as src, settings.atomic_write(path, "wb") as dst:
         for pid in sorted(keep):
-            src.seek(offsets[keep[pid]])
-            dst.write(src.readline().rstrip(b"\r\n") + b"\n")
+            src.seek(keep[pid])
+            dst.write(src.readline(MAX_LINE_BYTES + 1).rstrip(b"\r\n") + b"\n")
 
 
 # ----------------------------------------------------------------------------------------------
 # Training pairs and the batch sampler
 
 
-def split_validation(summaries: dict[str, list[str]], validation_size: int, seed: int
-                     ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
-    """Hold out `validation_size` papers (by seeded shuffle of sorted ids): (train, validation)."""
-    ids = sorted(summaries)
+def split_validation(ids: Iterable[str], validation_size: int, seed: int) -> tuple[list[str], list[str]]:
+    """Hold out `validation_size` papers (by seeded shuffle of sorted ids): (train ids, validation ids)."""
+    ids = sorted(ids)
     if validation_size >= len(ids) - 1:
         raise DataError(f"validation_size={validation_size} leaves fewer than 2 of {len(ids)} papers to train on")
     random.Random(seed).shuffle(ids)
     val = set(ids[:validation_size])
-    return ({k: v for k, v in summaries.items() if k not in val},
-            {k: v for k, v in summaries.items() if k in val})
+    return [i for i in ids if i not in val], [i for i in ids if i in val]
 
 
-def make_pairs(summaries: dict[str, list[str]], rng: random.Random) -> list[tuple[str, str, str]]:
-    """Every unordered pair of different summaries of one paper, in random order and orientation:
-    [(paper id, summary a, summary b)]. 3 summaries give 3 pairs, 4 give 6."""
+def make_pairs(counts: Mapping[str, int], rng: random.Random) -> list[tuple[str, int, int]]:
+    """Every unordered pair of different summaries of one paper, as indices into its summaries, in
+    random order and orientation: [(paper id, i, j)]. 3 summaries give 3 pairs, 4 give 6."""
     pairs = []
-    for pid in sorted(summaries):
-        for a, b in combinations(summaries[pid], 2):
+    for pid in sorted(counts):
+        for a, b in combinations(range(counts[pid]), 2):
             pairs.append((pid, a, b) if rng.random() < 0.5 else (pid, b, a))
     rng.shuffle(pairs)
     return pairs

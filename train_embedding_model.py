@@ -23,6 +23,8 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections.abc import Iterable, Mapping
+from itertools import islice
 
 import numpy as np
 import torch
@@ -58,12 +60,13 @@ def contrastive_loss(a: torch.Tensor, b: torch.Tensor, metric: str, temperature:
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
-def training_pairs(summaries: dict[str, list[str]], objective: str, rng: random.Random) -> list[tuple[str, str, str]]:
-    """One epoch's (paper id, a, b) pairs: semcse, two different summaries of a paper; simcse_unsup and
-    sarcse, each summary with itself (the two views then differ only by their dropout masks)."""
+def training_pairs(counts: Mapping[str, int], objective: str, rng: random.Random) -> list[tuple[str, int, int]]:
+    """One epoch's pairs (paper id, i, j) of indices into the paper's summaries (`counts`: how many it
+    has): semcse, two different summaries of a paper; simcse_unsup and sarcse, each summary with
+    itself (the two views then differ only by their dropout masks)."""
     if objective == "semcse":
-        return make_pairs(summaries, rng)
-    pairs = [(pid, s, s) for pid in sorted(summaries) for s in summaries[pid]]
+        return make_pairs(counts, rng)
+    pairs = [(pid, i, i) for pid in sorted(counts) for i in range(counts[pid])]
     rng.shuffle(pairs)
     return pairs
 
@@ -97,14 +100,16 @@ class ReconstructionHead(nn.Module):
         return (per_token * w).sum() / w.sum().clamp(min=1e-9)
 
 
-def token_weights(tokenizer, texts: list[str], max_length: int) -> torch.Tensor:
+def token_weights(tokenizer, texts: Iterable[str], max_length: int) -> torch.Tensor:
     """[vocab] weights that fall with a token's frequency: smoothed IDF, log((1 + N) / (1 + n_t)) + 1,
     with N texts and n_t of them containing token t (>= 1 for every token; unseen tokens get the
     largest). Special tokens weigh 0: rebuilding [CLS] or [SEP] teaches nothing."""
-    n = torch.zeros(len(tokenizer), dtype=torch.float64)
-    for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]:
-        n[list(set(ids))] += 1
-    w = torch.log((1 + len(texts)) / (1 + n)) + 1
+    n, total, texts = torch.zeros(len(tokenizer), dtype=torch.float64), 0, iter(texts)
+    while chunk := list(islice(texts, 1024)):  # streamed: the texts may not fit in memory together
+        for ids in tokenizer(chunk, truncation=True, max_length=max_length)["input_ids"]:
+            n[list(set(ids))] += 1
+        total += len(chunk)
+    w = torch.log((1 + total) / (1 + n)) + 1
     w[tokenizer.all_special_ids] = 0
     return w.float()
 
@@ -240,11 +245,13 @@ def train_embedding_model(resume: bool = False, interrupt_after: int | None = No
         settings.save_settings(run_dir, cfg, temperature_in_use=settings.temperature_for(cfg), processes=world)
         repair_tail(os.path.join(run_dir, "log.jsonl"))  # a run killed mid-record left half a line
 
-    summaries = load_summaries(cfg["train_summaries_file"])
-    train, val = split_validation(summaries, cfg["validation_size"], cfg["seed"])
+    summaries = load_summaries(cfg["train_summaries_file"])  # an index: texts are read batch by batch
+    train_ids, val_ids = split_validation(summaries, cfg["validation_size"], cfg["seed"])
+    train = summaries.subset(train_ids)
     # Validation: each held-out paper's first summary must find its second among all second ones.
-    val_ids = sorted(val)
-    val_queries, val_targets = [val[i][0] for i in val_ids], [val[i][1] for i in val_ids]
+    val_ids = sorted(val_ids)
+    val_texts = [summaries[i][:2] for i in val_ids]
+    val_queries, val_targets = [t[0] for t in val_texts], [t[1] for t in val_texts]
 
     recover_interrupted_save(last_dir)
     state_path = os.path.join(last_dir, "training_state.pt")
@@ -264,16 +271,16 @@ def train_embedding_model(resume: bool = False, interrupt_after: int | None = No
     model, tokenizer = load_model(last_dir if state else cfg["encoder_checkpoint"], str(device))
     train_model = torch.compile(model) if cfg["compile"] else model  # same weights; saving uses `model`
 
-    def epoch_batches(epoch: int) -> list[list[tuple[str, str, str]]]:
+    def epoch_batches(epoch: int) -> list[list[tuple[str, int, int]]]:
         # Order depends only on (seed, epoch), so a resumed run sees the same batches.
-        pairs = training_pairs(train, cfg["objective"], random.Random(cfg["seed"] * 100_003 + epoch))
+        pairs = training_pairs(train.counts, cfg["objective"], random.Random(cfg["seed"] * 100_003 + epoch))
         return [[pairs[i] for i in b] for b in batches_without_duplicates([p[0] for p in pairs], cfg["batch_size"])]
 
     steps_per_epoch = len(epoch_batches(0))
     total_steps = cfg["max_steps"] if cfg["max_steps"] > 0 else cfg["epochs"] * steps_per_epoch
     head = None
     if cfg["objective"] == "sarcse":
-        texts = [s for pid in sorted(train) for s in train[pid]]
+        texts = (s for pid in sorted(train) for s in train[pid])
         head = ReconstructionHead(model.config.hidden_size, token_weights(tokenizer, texts, cfg["max_length"]))
         head.to(device)
         if state:
@@ -331,7 +338,9 @@ def train_embedding_model(resume: bool = False, interrupt_after: int | None = No
     bar = tqdm(total=total_steps, initial=step, desc="train", dynamic_ncols=True, disable=not main_process)
     stopped, started, interrupted = False, time.time(), False
     while step < total_steps and not stopped:
-        for batch in epoch_batches(epoch)[pos:]:
+        for pairs in epoch_batches(epoch)[pos:]:
+            read = {pid: train[pid] for pid, _, _ in pairs}  # this batch's papers (each once), from the file
+            batch = [(pid, read[pid][i], read[pid][j]) for pid, i, j in pairs]
             optimizer.zero_grad(set_to_none=True)
             loss = contrastive_step(train_model, tokenizer, batch, cfg, device, scaler, head)
             if not torch.isfinite(loss):

@@ -1,4 +1,5 @@
 """Data formats: clear errors with file and line, skipped papers reported, pairs, the batch sampler."""
+import json
 import random
 from collections import Counter
 
@@ -52,10 +53,23 @@ def test_summaries_skip_papers_with_fewer_than_two_and_report_it(tmp_path, capsy
 
 
 def test_pairs_are_every_pair_of_different_summaries():
-    pairs = L.make_pairs({"a": ["1", "2", "3"], "b": ["x", "y", "z", "w"]}, random.Random(0))
+    pairs = L.make_pairs({"a": 3, "b": 4}, random.Random(0))
     assert Counter(p[0] for p in pairs) == {"a": 3, "b": 6}
     assert all(p[1] != p[2] for p in pairs)
-    assert {frozenset(p[1:]) for p in pairs if p[0] == "a"} == {frozenset("12"), frozenset("13"), frozenset("23")}
+    assert {frozenset(p[1:]) for p in pairs if p[0] == "a"} == {frozenset({0, 1}), frozenset({0, 2}), frozenset({1, 2})}
+    assert len({p[1] < p[2] for p in pairs}) == 2  # both orientations occur
+
+
+def test_summaries_are_an_index_read_on_demand(tmp_path):
+    p = write_jsonl(tmp_path / "s.jsonl", [{"id": "a", "summaries": ["one", "two"]}, {"id": "b", "summaries": ["x", "y"]},
+                                           {"id": "a", "summaries": ["two", "three"]}])
+    s = L.load_summaries(p)
+    assert s.counts == {"a": 3, "b": 2} and s["a"] == ["one", "two", "three"]
+    assert s.subset(["b"]) == {"b": ["x", "y"]}
+    with open(p, "w") as f:  # the file is replaced while training reads it: named, never wrong texts
+        f.write(json.dumps({"id": "zzz", "summaries": ["u", "v"]}) + "\n" * 40)
+    with pytest.raises(L.DataError, match=r"s.jsonl: changed while in use \(byte \d+ no longer starts paper 'b'\)"):
+        s["b"]
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -75,7 +89,7 @@ def test_split_validation_is_disjoint_and_seeded():
     s = {f"p{i}": ["a", "b"] for i in range(20)}
     train, val = L.split_validation(s, 5, seed=1)
     assert len(val) == 5 and not set(train) & set(val) and set(train) | set(val) == set(s)
-    assert L.split_validation(s, 5, seed=1)[1].keys() == val.keys()
+    assert L.split_validation(s, 5, seed=1)[1] == val and L.split_validation(s, 5, seed=2)[1] != val
     with pytest.raises(L.DataError, match="validation_size"):
         L.split_validation(s, 19, seed=1)
 

@@ -121,22 +121,26 @@ def test_lines_over_the_limit_and_folders_are_named(tmp_path, monkeypatch):
 
 
 def test_streaming_readers_hold_one_line_not_the_file(tmp_path):
-    """A 40 MB corpus is checked, compacted and repaired with a few MB of Python memory (tracemalloc):
-    what they keep is the ids and one line."""
+    """A 40 MB corpus is checked, compacted and repaired, and a 40 MB summaries file indexed for
+    training, with a few MB of Python memory (tracemalloc): what they keep is ids, offsets and one line."""
     import tracemalloc
 
-    p = tmp_path / "big.jsonl"
+    p, s = tmp_path / "big.jsonl", tmp_path / "summaries.jsonl"
     filler = "word " * 4000  # 20 KB abstracts, 2000 papers
-    with open(p, "w") as f:
+    with open(p, "w") as f, open(s, "w") as g:
         for i in range(2000):
             f.write(json.dumps({"id": f"p{1999 - i:04d}", "title": f"t{i}", "abstract": filler}) + "\n")
+            g.write(json.dumps({"id": f"p{i:04d}", "summaries": [f"{k} {filler[:5000]}" for k in range(4)]}) + "\n")
         f.write('{"id": "p9999", "title": "cut sh')  # a killed writer's last line
-    assert p.stat().st_size > 40e6
+    assert p.stat().st_size > 40e6 and s.stat().st_size > 40e6
     tracemalloc.start()
     try:
+        summaries = L.load_summaries(str(s))
+        assert len(summaries) == 2000 and summaries.counts["p0007"] == 4 and summaries["p0007"][3].startswith("3 ")
         L.repair_tail(str(p))
         n = sum(1 for _ in L.iter_corpus(str(p)))
-        L.keep_lines(str(p), {f"p{i:04d}": 2000 - i for i in range(0, 2000, 2)})  # every other paper, sorted
+        offsets = {r["id"]: o for _, o, r in L.iter_records(str(p)) if int(r["id"][1:]) % 2 == 0}
+        L.keep_lines(str(p), offsets)  # every other paper, sorted by id
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
