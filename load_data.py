@@ -180,6 +180,13 @@ class Summaries(Mapping[str, list[str]]):
         self.path, self.offsets, self.counts = path, offsets, counts
 
     def __getitem__(self, pid: str) -> list[str]:
+        texts = self._read(pid)
+        if len(texts) != self.counts[pid]:  # the pairs drawn for this paper index into its summaries
+            raise DataError(f"{self.path}: changed while in use (paper '{pid}' now has {len(texts)} distinct "
+                            f"summaries, not {self.counts[pid]}); start again")
+        return texts
+
+    def _read(self, pid: str) -> list[str]:
         texts: list[str] = []
         with open(self.path, "rb") as f:
             for offset in self.offsets[pid]:
@@ -225,7 +232,7 @@ def load_summaries(path: str, min_summaries: int = 2) -> Summaries:
         counts[pid] = len(_distinct(summaries))
     index = Summaries(path, offsets, counts)
     for pid in [p for p, o in offsets.items() if len(o) > 1]:
-        counts[pid] = len(index[pid])  # merged lines may repeat summaries: count them together
+        counts[pid] = len(index._read(pid))  # merged lines may repeat summaries: count them together
     skipped = [pid for pid, n in counts.items() if n < min_summaries]
     for pid in skipped:
         print(f"warning: {path}: paper '{pid}' has {counts[pid]} distinct summaries, "

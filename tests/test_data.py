@@ -66,6 +66,10 @@ def test_summaries_are_an_index_read_on_demand(tmp_path):
     s = L.load_summaries(p)
     assert s.counts == {"a": 3, "b": 2} and s["a"] == ["one", "two", "three"]
     assert s.subset(["b"]) == {"b": ["x", "y"]}
+    with open(p, "r+") as f:  # a paper's line rewritten in place with other summaries: named, never misread
+        f.write(json.dumps({"id": "a", "summaries": ["one", "won"]}))  # same length as the line it replaces
+    with pytest.raises(L.DataError, match=r"changed while in use \(paper 'a' now has 4 distinct summaries, not 3\)"):
+        s["a"]
     with open(p, "w") as f:  # the file is replaced while training reads it: named, never wrong texts
         f.write(json.dumps({"id": "zzz", "summaries": ["u", "v"]}) + "\n" * 40)
     with pytest.raises(L.DataError, match=r"s.jsonl: changed while in use \(byte \d+ no longer starts paper 'b'\)"):
