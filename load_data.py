@@ -195,10 +195,11 @@ class Summaries(Mapping[str, list[str]]):
                     obj = json.loads(f.readline(MAX_LINE_BYTES + 1))
                 except ValueError:
                     obj = {}
-                if obj.get("id") != pid or not isinstance(obj.get("summaries"), list):
+                summaries = obj.get("summaries")
+                if obj.get("id") != pid or not isinstance(summaries, list) or not all(isinstance(x, str) for x in summaries):
                     raise DataError(f"{self.path}: changed while in use (byte {offset} no longer starts paper "
-                                    f"'{pid}'); start again") from None
-                texts += obj["summaries"]
+                                    f"'{pid}'); start again")
+                texts += summaries
         return _distinct(texts)
 
     def __iter__(self) -> Iterator[str]:
