@@ -255,3 +255,15 @@ def test_a_corpus_of_one_paper_is_refused(tmp_path):
     one = write_jsonl(tmp_path / "one.jsonl", [{"id": "a", "title": "A title", "abstract": "One. Two."}])
     with pytest.raises(sb.DataError, match=r"one.jsonl: 1 paper; .* needs at least 2"):
         lexical_run(tmp_path, one)
+
+
+def test_one_sentence_abstracts_are_left_out_of_segments_and_counted(tmp_path):
+    recs = [{"id": f"p{i}", "title": f"Title {i} w{i}", "abstract": f"Only one sentence about w{i}, e.g. This."
+             if i % 2 else f"First sentence about w{i}. Second sentence about w{i}."} for i in range(6)]
+    r = lexical_run(tmp_path, write_jsonl(tmp_path / "mixed.jsonl", recs))["TF-IDF (lexical)"]
+    seg = r["tasks"]["abstract_segments"]
+    assert (seg["n"], seg["n_candidates"], seg["skipped_unsplittable"]) == (3, 3, 3)
+    one = write_jsonl(tmp_path / "one_sentence.jsonl", [rec for i, rec in enumerate(recs) if i % 2])
+    r = lexical_run(tmp_path, one)["TF-IDF (lexical)"]
+    assert "abstract_segments" not in r["tasks"]
+    assert r["skipped"]["abstract_segments"] == "fewer than 2 of 3 abstracts have 2 sentences"
