@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download at run time (settings.offline=False lifts it)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -212,12 +213,6 @@ def encode(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: li
 # Ranking (validation and the benchmark's rank tasks share it)
 
 
-def scores(queries: np.ndarray, candidates: np.ndarray, metric: str) -> np.ndarray:
-    """Similarity [n_queries, n_candidates] float64, higher = closer: cosine, or minus Euclidean distance.
-    Either input may be a scipy sparse matrix (the TF-IDF baseline)."""
-    return _similarity(_prepare(queries, metric), _prepare(candidates, metric), metric)
-
-
 def block_rows(n_candidates: int, memory_mb: float | None = None) -> int:
     """Query rows per block so that a block's temporaries, about 3 arrays of [rows, n_candidates] x 8
     bytes (similarities, a copy or comparison, indices), stay under `memory_mb` (settings.score_memory_mb)."""
@@ -225,25 +220,32 @@ def block_rows(n_candidates: int, memory_mb: float | None = None) -> int:
     return max(1, int(memory_mb * 2**20 // (24 * max(n_candidates, 1))))
 
 
+def similarity_blocks(queries: np.ndarray, candidates: np.ndarray, metric: str, block: int | None = None
+                      ) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, similarities [rows, n_candidates]) for `block` queries at a time (default: block_rows,
+    bounded by settings.score_memory_mb): memory is the embeddings plus one block, never
+    [n_queries, n_candidates]. The candidates are prepared once, not per block. Either input may be a
+    scipy sparse matrix (the TF-IDF baseline)."""
+    block = block or block_rows(candidates.shape[0])
+    c = _prepare(candidates, metric)
+    for s in range(0, queries.shape[0], block):
+        yield s, _similarity(_prepare(queries[s:s + block], metric), c, metric)
+
+
 def partner_ranks(queries: np.ndarray, candidates: np.ndarray, targets: np.ndarray | None = None,
                   metric: str = "euclidean", block: int | None = None) -> np.ndarray:
     """1-based rank of each query's true candidate (`targets[i]`, default i) among all candidates.
 
     rank = 1 + (candidates strictly closer) + half the other candidates at exactly the same score,
-    so a constant model scores the chance level (n+1)/2, not 1. Scored `block` queries at a time
-    (default: block_rows, bounded by settings.score_memory_mb), so memory is the embeddings plus one
-    block, never [n_queries, n_candidates].
+    so a constant model scores the chance level (n+1)/2, not 1. Scored in blocks (similarity_blocks).
     """
     targets = np.arange(queries.shape[0]) if targets is None else np.asarray(targets)
-    block = block or block_rows(candidates.shape[0])
-    c = _prepare(candidates, metric)  # once, not per block
     ranks = np.empty(queries.shape[0], dtype=np.float64)
-    for s in range(0, queries.shape[0], block):
-        sim = _similarity(_prepare(queries[s:s + block], metric), c, metric)
-        true = sim[np.arange(len(sim)), targets[s:s + block]][:, None]
+    for s, sim in similarity_blocks(queries, candidates, metric, block):
+        true = sim[np.arange(len(sim)), targets[s:s + len(sim)]][:, None]
         better = (sim > true).sum(1)
         ties = (sim == true).sum(1) - 1
-        ranks[s:s + block] = 1 + better + 0.5 * ties
+        ranks[s:s + len(sim)] = 1 + better + 0.5 * ties
     return ranks
 
 

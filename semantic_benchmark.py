@@ -44,8 +44,8 @@ import torch
 
 import settings
 from load_data import DataError, ensure_default_data, iter_jsonl, load_corpus, split_halves
-from model import (ModelError, block_rows, encode, load_model, partner_ranks, saved_pooling, scores,
-                   short_name)
+from model import (ModelError, encode, load_model, partner_ranks, saved_pooling, short_name,
+                   similarity_blocks)
 
 TASKS = ("title_abstract", "abstract_segments", "query", "clustering")
 COLUMNS = {"title_abstract": "Title-Abstract", "abstract_segments": "Abstract-Segments", "query": "Query",
@@ -293,15 +293,14 @@ def rank_metrics(ranks: np.ndarray, n_candidates: int) -> dict:
 def knn_agreement(x: np.ndarray, labels: list[str], k: int, metric: str, block: int | None = None
                   ) -> tuple[float, float]:
     """Mean fraction of each point's k nearest other points sharing its label: (over points, over labels).
-    Scored in blocks of rows (model.block_rows: memory bounded by settings.score_memory_mb)."""
-    y, n = np.asarray(labels), x.shape[0]
-    block = block or block_rows(n)
-    frac = np.empty(n)
-    for s in range(0, n, block):
-        sim = scores(x[s:s + block], x, metric)  # [block, n], higher = closer
-        sim[np.arange(len(sim)), np.arange(s, s + len(sim))] = -np.inf  # never your own neighbour
-        nn = np.argpartition(-sim, k - 1, axis=1)[:, :k]  # [block, k]
-        frac[s:s + block] = (y[nn] == y[s:s + block, None]).mean(1)
+    Scored in blocks of rows (model.similarity_blocks: memory bounded by settings.score_memory_mb)."""
+    y = np.asarray(labels)
+    frac = np.empty(x.shape[0])
+    for s, sim in similarity_blocks(x, x, metric, block):  # sim: [rows, n], higher = closer
+        rows = np.arange(s, s + len(sim))
+        sim[np.arange(len(sim)), rows] = -np.inf  # never your own neighbour
+        nn = np.argpartition(-sim, k - 1, axis=1)[:, :k]  # [rows, k]
+        frac[rows] = (y[nn] == y[rows, None]).mean(1)
     return float(frac.mean()), float(np.mean([frac[y == c].mean() for c in np.unique(y)]))
 
 
