@@ -20,6 +20,7 @@ Other objectives (setting `objective`), on the same data and loss, for compariso
 """
 from __future__ import annotations
 
+import functools
 import os
 import random
 import time
@@ -271,6 +272,7 @@ def train_embedding_model(resume: bool = False, interrupt_after: int | None = No
     model, tokenizer = load_model(last_dir if state else cfg["encoder_checkpoint"], str(device))
     train_model = torch.compile(model) if cfg["compile"] else model  # same weights; saving uses `model`
 
+    @functools.lru_cache(maxsize=1)  # epoch 0 is asked for twice: to count its steps, then to train
     def epoch_batches(epoch: int) -> list[list[tuple[str, int, int]]]:
         # Order depends only on (seed, epoch), so a resumed run sees the same batches.
         pairs = training_pairs(train.counts, cfg["objective"], random.Random(cfg["seed"] * 100_003 + epoch))
