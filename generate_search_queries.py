@@ -38,7 +38,7 @@ def generate_queries(cfg: dict | None = None, limit: int = 0, dry_run: bool = Fa
     """One search query for every paper of cfg's query_corpus_file into its queries_file."""
     cfg = settings.resolved() if cfg is None else cfg
     return generate("queries", QUERY_PROMPT, "query", parse_query, cfg["query_corpus_file"], cfg["queries_file"],
-                    cfg, limit=limit, dry_run=dry_run)
+                    cfg, limit=limit, dry_run=dry_run, out_setting="queries_file")
 
 
 def parse_query(obj: dict, paper: dict) -> str:

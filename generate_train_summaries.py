@@ -3,6 +3,7 @@
     python generate_train_summaries.py                      # settings.py's server, corpus and output
     python generate_train_summaries.py --dry-run            # print the first request, send nothing
     OPENAI_BASE_URL=http://127.0.0.1:8000/v1 python generate_train_summaries.py --llm_concurrency=1 --limit=10
+    python generate_train_summaries.py --quality=data/llm_summaries.jsonl   # quality figures (markdown)
 
 Reads `generation_corpus_file`, writes `generated_summaries_file` (the summaries format of
 load_data.py: {"id", "summaries": [...], provenance}) plus NAME.failures.jsonl and NAME.settings.json.
@@ -11,34 +12,57 @@ Train on them with `python main.py --train_summaries_file=data/llm_summaries.jso
 One request asks for all summaries of a paper as one JSON list, rather than one request per summary:
 the abstract (most of the tokens) is read once instead of n times, which on a CPU server is most of
 the time, and the model is asked to make the summaries differ, where n independent samples of one
-prompt often come back near-identical (load_data drops duplicates, which would cost training pairs).
+prompt often come back near-identical.
+
+Every summary is checked (summary_problem): MIN_WORDS..MAX_WORDS words in at most two sentences,
+nothing about "this paper / we / the authors", no digits, not the title, no run of COPY_RUN words
+from the abstract, not a near-duplicate of a sibling. If fewer than n pass, the model is told which
+failed and why and asked again (llm_retries times). Training needs pairs, so when no attempt gives n
+good summaries, the paper is still kept with the best attempt's good ones if there are at least
+MIN_KEEP; its line says "partial": true and lists the "dropped" summaries with their reasons.
+Papers with fewer go to the failures file.
 """
 from __future__ import annotations
 
 import json
+import re
+import sys
+
 import settings
 from llm import GenerationError, InvalidOutput, Prompt, clean_text, command_line, generate
+from load_data import iter_corpus, iter_records, split_sentences
+
+MIN_WORDS, MAX_WORDS = 8, 60  # one or two sentences: shorter is a fragment, longer a second abstract
+MAX_SENTENCES = 2
+COPY_RUN = 8                   # this many consecutive words of the abstract: a copied clause, not a summary
+MAX_SIBLING_JACCARD = 0.7      # word-set overlap with an earlier summary above this: the same summary again
+MIN_KEEP = 2                   # good summaries a paper needs to be kept at all (one training pair)
+BANNED = re.compile(r"\b(?:(?:this|the present|our|the proposed) (?:paper|study|work|article|research|thesis|"
+                    r"letter|manuscript|report)|the authors?|the researchers|we|our|ours|ourselves)\b", re.I)
 
 SUMMARY_PROMPT = Prompt(
     name="train_summary",
-    version=1,
-    system="You summarize scientific abstracts. You answer with a JSON object only.",
+    version=2,
+    system="You summarize scientific abstracts in plain words. You answer with a JSON object only.",
     user="""Write $n different summaries of the scientific abstract below.
 
-Every summary covers the whole abstract on its own, in one or two sentences: the problem, the \
-approach and the main finding, so that a reader understands it without the abstract. The $n \
-summaries are alternatives to each other (different wording, different emphasis), not parts of one summary.
-Rules:
-- Write about the work itself, never about the paper or its authors: no "this paper", "the authors", "we" or "our".
-- Avoid specific names (of systems, models, datasets, languages) and numbers: describe them in general words.
+Each summary:
+- is one or two sentences, $min_words to $max_words words, and states what the abstract is about and \
+what it finds, so that it makes sense on its own;
+- uses plain, general words of its own: do not copy phrases from the abstract and do not repeat the title;
+- states the content directly: never mention the paper, the study, the work or its authors (no \
+"this paper", "this study", "this work", "the authors", "we", "our");
+- contains no numbers and no digits.
+The $n summaries must differ from each other in wording and emphasis.
 
 Answer with a JSON object of this form and nothing else:
 $example
 
+Title: $title
 Abstract: $abstract""",
+    retry="Your answer could not be used: $reason. Answer again with $n new summaries that follow every "
+          "rule, as the JSON object asked for and nothing else.",
 )
-
-MIN_WORDS = 5  # shorter "summaries" are fragments, not statements of the content
 
 
 def generate_summaries(cfg: dict | None = None, limit: int = 0, dry_run: bool = False) -> dict:
@@ -47,34 +71,131 @@ def generate_summaries(cfg: dict | None = None, limit: int = 0, dry_run: bool = 
     n = cfg["summaries_per_abstract"]
     if n < 2:
         raise GenerationError(f"setting 'summaries_per_abstract' must be >= 2 (a training pair takes two), got {n}")
-    values = {"n": n, "example": json.dumps({"summaries": [f"summary {i + 1}" for i in range(n)]})}
+    values = {"n": n, "min_words": MIN_WORDS, "max_words": MAX_WORDS,
+              "example": json.dumps({"summaries": [f"summary {i + 1}" for i in range(n)]})}
     return generate("summaries", SUMMARY_PROMPT, "summaries", lambda obj, paper: parse_summaries(obj, paper, n),
                     cfg["generation_corpus_file"], cfg["generated_summaries_file"], cfg, values=values,
-                    limit=limit, dry_run=dry_run)
+                    limit=limit, dry_run=dry_run, out_setting="generated_summaries_file")
 
 
 def parse_summaries(obj: dict, paper: dict, n: int) -> list[str]:
-    """The first n distinct summaries of {"summaries": [...]}, or InvalidOutput saying what is wrong."""
+    """The first n good summaries of {"summaries": [...]} (summary_problem), or InvalidOutput saying which
+    failed and why, carrying the good ones as `partial` if there are at least MIN_KEEP."""
     items = obj.get("summaries")
     if not isinstance(items, list):
         raise InvalidOutput(f"no list 'summaries' in the JSON object (keys: {', '.join(map(str, obj)) or 'none'})")
-    abstract = clean_text(paper["abstract"]).lower()
-    texts: list[str] = []
-    for item in items:
+    good: list[str] = []
+    texts: list[str] = []  # every summary so far: a repeat of a rejected one is no new summary either
+    dropped: list[dict] = []
+    for i, item in enumerate(items, 1):
         if isinstance(item, dict) and len(item) == 1:  # [{"summary": "..."}, ...], a common variant
             item = next(iter(item.values()))
         text = clean_text(item)
-        if len(text.split()) >= MIN_WORDS and text.lower() != abstract and text.lower() not in map(str.lower, texts):
-            texts.append(text)
-    if len(texts) < n:
-        raise InvalidOutput(f"it has {len(texts)} distinct summaries of {MIN_WORDS} or more words, "
-                            f"but {n} different ones are needed")
-    return texts[:n]
+        problem = summary_problem(text, paper, texts) if text else "is empty or not text"
+        texts.append(text)
+        if problem:
+            dropped.append({"summary": i, "text": text, "reason": problem})
+        elif len(good) < n:
+            good.append(text)
+    if len(good) >= n:
+        return good
+    reasons = "; ".join(f"summary {d['summary']} {d['reason']}" for d in dropped[:n])
+    missing = f"only {len(good)} of the {n} summaries are usable" + (f" ({reasons})" if reasons else "")
+    raise InvalidOutput(missing, partial=good if len(good) >= MIN_KEEP else None, dropped=dropped)
+
+
+def summary_problem(text: str, paper: dict, siblings: list[str]) -> str | None:
+    """Why `text` is not a usable summary of `paper` after the `siblings` before it, or None if it is. All
+    reasons at once, phrased for the model, which reads them on a retry (one reason at a time, a small
+    model fixes that one and keeps the rest)."""
+    words, problems = _words(text), []
+    if not MIN_WORDS <= len(words) <= MAX_WORDS:
+        problems.append(f"has {len(words)} words, not {MIN_WORDS} to {MAX_WORDS}")
+    if len(split_sentences(text)) > MAX_SENTENCES:
+        problems.append(f"has {len(split_sentences(text))} sentences, not one or two")
+    banned = BANNED.search(text)
+    if banned:
+        problems.append(f"mentions the paper or its authors ('{banned.group(0)}')")
+    if re.search(r"\d", text):
+        problems.append("contains digits")
+    title = _words(paper.get("title", ""))
+    if len(title) >= 3 and _has_run(words, title, len(title)):
+        problems.append("repeats the title")
+    if _has_run(words, _words(paper["abstract"]), COPY_RUN):
+        problems.append(f"copies {COPY_RUN} or more words in a row from the abstract")
+    same = next((i for i, other in enumerate(siblings, 1) if _jaccard(words, _words(other)) > MAX_SIBLING_JACCARD), 0)
+    if same:
+        problems.append(f"is nearly the same as summary {same}")
+    return ", ".join(problems) or None
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+def _ngrams(words: list[str], n: int) -> set[tuple[str, ...]]:
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def _has_run(words: list[str], source: list[str], n: int) -> bool:
+    """Whether `words` contains n consecutive words that are also consecutive in `source`."""
+    return bool(_ngrams(words, n) & _ngrams(source, n))
+
+
+def _jaccard(a: list[str], b: list[str]) -> float:
+    sa, sb = set(a), set(b)
+    return len(sa & sb) / max(len(sa | sb), 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Quality figures of a summaries file
+
+
+def quality(summaries_file: str, corpus_file: str) -> dict:
+    """Figures of a summaries file, per summary unless said: share with banned phrases, share with digits,
+    mean length in words, mean overlap with the abstract (share of the summary's word bigrams found in
+    it; papers missing from `corpus_file` are left out of this one), share passing every check of
+    summary_problem, and mean distinct summaries per paper."""
+    abstracts = {p["id"]: p for p in iter_corpus(corpus_file)}
+    papers = summaries = banned = digits = words = passing = 0
+    overlaps: list[float] = []
+    distinct = 0
+    for _, _, r in iter_records(summaries_file, allow_truncated_tail=True):
+        texts = [clean_text(s) for s in r.get("summaries") or [] if clean_text(s)]
+        papers += 1
+        distinct += len(set(t.lower() for t in texts))
+        paper = abstracts.get(r.get("id"))
+        for i, text in enumerate(texts):
+            summaries += 1
+            banned += bool(BANNED.search(text))
+            digits += bool(re.search(r"\d", text))
+            words += len(_words(text))
+            if paper is not None:
+                bigrams = _ngrams(_words(text), 2)
+                overlaps.append(len(bigrams & _ngrams(_words(paper["abstract"]), 2)) / max(len(bigrams), 1))
+                passing += summary_problem(text, paper, texts[:i]) is None
+    share = lambda k, total=summaries: round(k / total, 3) if total else None  # noqa: E731
+    return {"papers": papers, "summaries": summaries, "distinct_per_paper": share(distinct, papers),
+            "mean_words": share(words), "banned_phrases": share(banned), "digits": share(digits),
+            "abstract_bigram_overlap": round(sum(overlaps) / len(overlaps), 3) if overlaps else None,
+            "pass_all_checks": share(passing, len(overlaps))}
+
+
+def quality_table(figures: dict, name: str) -> str:
+    """Markdown table of quality()'s figures."""
+    rows = [f"| {name} | " + " | ".join("n/a" if v is None else str(v) for v in figures.values()) + " |"]
+    return "\n".join(["| file | " + " | ".join(figures) + " |", "|---" * (len(figures) + 1) + "|", *rows])
 
 
 def main(argv: list[str] | None = None) -> None:
-    command_line(generate_summaries, argv)
+    def run(dry_run: bool, limit: int, quality_of: str) -> None:
+        if quality_of:
+            cfg = settings.resolved()
+            print(quality_table(quality(quality_of, cfg["generation_corpus_file"]), quality_of))
+        else:
+            generate_summaries(limit=limit, dry_run=dry_run)
+    command_line(lambda quality="", **flags: run(quality_of=quality, **flags), argv, flags={"quality": ""})
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

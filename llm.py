@@ -2,15 +2,14 @@
 
 One paper -> one chat request to any OpenAI-compatible server (vLLM, llama.cpp's server, OpenAI)
 through the `openai` client -> one JSON answer, validated -> one JSON line appended to the output.
+The output, failures and run-settings files, resume and compaction: llm_files.py. Worker threads
+and Ctrl-C: llm_workers.py. A rerun skips papers already in the output with the same model and
+prompt hash. The key is never printed or written (see `redact`).
 
-Files, for an output `data/NAME.jsonl`:
-- data/NAME.jsonl              good items only, one line per paper, with provenance. Appended and
-                               flushed as each paper finishes; the final pass rewrites it sorted by
-                               id with one line per paper (atomically).
-- data/NAME.failures.jsonl     papers that failed: the reason and the raw text of every attempt.
-- data/NAME.settings.json      the resolved settings of the last run (no key), its prompt and stats.
-A rerun skips papers already in NAME.jsonl with the same model and prompt hash, and tolerates the
-truncated last line of a killed run. The key is never printed or written (see `redact`).
+Any answer is survivable: a reply that is not a chat completion (an HTML page, `message: null`,
+content that is not text, no choices), a connection cut in the middle of the answer, or content
+that fails validation is a failed attempt for that paper (retried, then recorded in the failures
+file), never a crash. Only what would fail for every paper stops the run (FatalServerError).
 """
 from __future__ import annotations
 
@@ -23,29 +22,39 @@ import string
 import sys
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from itertools import islice
-from typing import Any, Callable, Iterable, Iterator
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, Callable, Iterator
 
 import openai
 from tqdm import tqdm
 
 import settings
-from load_data import DataError, append_jsonl, iter_corpus, iter_jsonl, iter_records, keep_lines, repair_tail
-
-NO_KEY = "no-key"  # local servers need no key, but the openai client refuses to start without one
-
+from llm_client import (GenerationError, apply_environment, check_settings, command_line,  # noqa: F401
+                        make_client, public_url, redact, server_host)
+from llm_files import check_own_file, compact, compact_failures, done_ids, save_run_settings, sibling
+from llm_workers import DaemonPool, StopOnCtrlC, completed
+from load_data import DataError, append_jsonl, iter_corpus, repair_tail
 
 class InvalidOutput(ValueError):
-    """The model answered, but not with what we asked for; worth another try."""
+    """The model answered, but not with what we asked for; worth another try (the model is told why).
+
+    `partial`: what of the answer is usable (e.g. 2 good summaries of 4), kept if no attempt gives
+    all (the attempt with the longest `partial` wins); `dropped`: what was left out of it, and why."""
+
+    def __init__(self, reason: str, partial: Any = None, dropped: list | None = None):
+        super().__init__(reason)
+        self.partial, self.dropped = partial, dropped or []
 
 
-class GenerationError(ValueError):
-    """A run that cannot start or go on; the message names the setting, file or server. A ValueError,
-    so settings.cli prints it as one line `error: ...` (exit code 2)."""
+class BadResponse(InvalidOutput):
+    """The server's reply is not a usable chat completion (an HTML page, no choices, `message: null`,
+    a body that is not JSON): the same request is tried again, without feedback to the model."""
+
+    def __init__(self, reason: str, raw: str = ""):
+        super().__init__(reason)
+        self.raw = raw
 
 
 class FatalServerError(GenerationError):
@@ -76,22 +85,25 @@ class Prompt:
         user = string.Template(self.user).substitute(title=paper["title"], abstract=paper["abstract"], **values)
         return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
 
-    def retry_messages(self, messages: list[dict], answer: str, reason: str) -> list[dict]:
+    def retry_messages(self, messages: list[dict], answer: str, reason: str, **values: Any) -> list[dict]:
         # Small models tend to give the same answer to the same prompt, even when sampling: show
         # them their answer and what was wrong with it.
-        return messages + [{"role": "assistant", "content": answer},
-                           {"role": "user", "content": string.Template(self.retry).substitute(reason=reason)}]
+        retry = string.Template(self.retry).substitute(reason=reason, **values)
+        return messages + [{"role": "assistant", "content": answer}, {"role": "user", "content": retry}]
 
 
 def generate(kind: str, prompt: Prompt, field: str, parse: Callable[[dict, dict], Any], corpus_file: str,
-             out_file: str, cfg: dict, values: dict | None = None, limit: int = 0, dry_run: bool = False) -> dict:
-    """Generate `field` for every paper of `corpus_file` into `out_file`; returns the run's stats.
+             out_file: str, cfg: dict, values: dict | None = None, limit: int = 0, dry_run: bool = False,
+             out_setting: str = "output file") -> dict:
+    """Generate `field` for every paper of `corpus_file` into `out_file` (the setting `out_setting`, named
+    in errors); returns the run's stats.
 
     `parse(json_object, paper)` returns the value to store or raises InvalidOutput. Bad settings or
     input files (DataError) and unrecoverable server errors raise ValueErrors naming the cause,
-    after what was done is written and compacted.
+    after what was done is written and compacted. Ctrl-C stops within a moment (llm_workers.py),
+    keeps what is written and raises KeyboardInterrupt.
     """
-    _check(cfg)
+    check_settings(cfg)
     values = dict(values or {})
     # The corpus is streamed twice: once to check every line and count (before anything is sent),
     # once to feed the workers; memory holds the ids and the papers in flight, not the corpus.
@@ -107,50 +119,34 @@ def generate(kind: str, prompt: Prompt, field: str, parse: Callable[[dict, dict]
     ids = [p["id"] for p in papers()]
     if not ids:
         raise DataError(f"{corpus_file}: no papers in file")
-    failures_file = _sibling(out_file, ".failures.jsonl")
+    failures_file = sibling(out_file, ".failures.jsonl")
+    check_own_file(out_file, prompt.name, field, out_setting)  # before anything is written to either
+    check_own_file(failures_file, prompt.name, None, out_setting)
     os.makedirs(os.path.dirname(out_file) or ".", exist_ok=True)
-    repair_tail(out_file)
-    repair_tail(failures_file)
     out = open(out_file, "a", encoding="utf-8")
     try:
         fcntl.flock(out, fcntl.LOCK_EX | fcntl.LOCK_NB)  # two runs appending to one file would repeat work
     except BlockingIOError:
+        out.close()
         raise GenerationError(f"{out_file} is being written by another run") from None
+    repair_tail(out_file)  # under the lock: the tail of a file that another run is writing is not ours to cut
+    repair_tail(failures_file)
     prompt_sha = prompt.sha256(values)
-    done = _done_ids(out_file, cfg["llm_model"], prompt_sha)
-    todo = (p for p in papers() if p["id"] not in done)
+    done = done_ids(out_file, cfg["llm_model"], prompt_sha)
     stats = {"kind": kind, "done": 0, "failed": 0, "skipped": sum(i in done for i in ids), "papers": len(ids)}
-    caller = Caller(cfg, prompt, prompt_sha, field, parse, values)
-    start = time.time()
-    bar = tqdm(total=len(ids), initial=stats["skipped"], desc=kind, unit="paper", dynamic_ncols=True)
-    bar.set_postfix(done=0, failed=0, skipped=stats["skipped"])
-    pool = ThreadPoolExecutor(max_workers=cfg["llm_concurrency"])
-    fatal, finished, interrupted = None, False, False
-    try:
-        with open(failures_file, "a", encoding="utf-8") as failed:
-            for fut in _completed(pool, caller, todo, window=2 * cfg["llm_concurrency"]):
-                try:
-                    record = fut.result()
-                except FatalServerError as e:
-                    fatal = e
-                    break
-                ok = record.pop("status") == "ok"
-                append_jsonl(out if ok else failed, record)
-                stats["done" if ok else "failed"] += 1
-                bar.update(1)
-                bar.set_postfix(done=stats["done"], failed=stats["failed"], skipped=stats["skipped"])
-            finished = fatal is None
-    except KeyboardInterrupt:
-        interrupted = True  # raised again below, once what is done is compacted
-    finally:
-        pool.shutdown(wait=finished, cancel_futures=True)  # on any error: drop queued papers, keep what is written
-        bar.close()
-        stats["seconds"] = round(time.time() - start, 1)
-        stats["papers_per_minute"] = round(60 * (stats["done"] + stats["failed"]) / max(stats["seconds"], 1e-9), 2)
-        kept = compact(out_file, field, cfg["llm_model"], prompt_sha)
-        _compact_failures(failures_file, _done_ids(out_file, cfg["llm_model"], prompt_sha))
-        out.close()  # releases the lock
-        save_run_settings(out_file, cfg, prompt, prompt_sha, stats)
+    stop = threading.Event()
+    with StopOnCtrlC(stop) as ctrl_c:  # also while compacting: a second Ctrl-C must not cut it short
+        try:
+            fatal = _run(kind, Caller(cfg, prompt, prompt_sha, field, parse, values, stop), stats,
+                         (p for p in papers() if p["id"] not in done), out, failures_file, stop)
+        except KeyboardInterrupt:  # raised by other code than our SIGINT handler (e.g. off the main thread)
+            ctrl_c.fired, fatal = True, None
+        finally:  # also on an unexpected error: what is written stays, compacted
+            kept = compact(out_file, field, cfg["llm_model"], prompt_sha)
+            compact_failures(failures_file, done_ids(out_file, cfg["llm_model"], prompt_sha))
+            out.close()  # releases the lock
+            save_run_settings(out_file, cfg, prompt, prompt_sha, stats, public_url(cfg["llm_base_url"]))
+    interrupted = ctrl_c.fired
     print(f"{out_file}: {stats['done']} done, {stats['failed']} failed, {stats['skipped']} skipped "
           f"in {stats['seconds']}s ({stats['papers_per_minute']} papers/min); {len(kept)} papers in file"
           + (f"; failures with raw answers in {failures_file}" if stats["failed"] else ""), file=sys.stderr)
@@ -161,102 +157,38 @@ def generate(kind: str, prompt: Prompt, field: str, parse: Callable[[dict, dict]
     return stats
 
 
-def _completed(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, window: int) -> Iterator[Future]:
-    """Futures of fn(item) as they finish, with at most `window` submitted and unfinished at a time, so
-    items are drawn from the stream only as workers free up."""
-    pending: set[Future] = set()
-    for item in items:
-        pending.add(pool.submit(fn, item))
-        if len(pending) >= window:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            yield from finished
-    while pending:
-        finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-        yield from finished
-
-
-# ----------------------------------------------------------------------------------------------
-# Settings, client, secrets
-
-
-def apply_environment(environ: dict | None = None) -> None:
-    """OPENAI_BASE_URL / OPENAI_API_KEY override settings.py. Call before settings.parse_command_line,
-    so that the command line wins over both: command line > environment > settings.py."""
-    environ = os.environ if environ is None else environ
-    for var, key in (("OPENAI_BASE_URL", "llm_base_url"), ("OPENAI_API_KEY", "llm_api_key")):
-        if environ.get(var, "").strip():
-            settings.update(**{key: environ[var].strip()})
-
-
-def command_line(generate_fn: Callable[..., dict], argv: list[str] | None = None) -> None:
-    """A generator script's command line: environment, then --key=value overrides and --dry-run / --limit=N,
-    with settings.cli's error policy (one line, exit code 2; --debug for the traceback)."""
-    apply_environment()  # before the command line, which wins over the environment
-    settings.cli(lambda dry_run, limit: generate_fn(limit=limit, dry_run=dry_run),
-                 flags={"dry_run": False, "limit": 0}, argv=argv)
-
-
-def make_client(cfg: dict) -> openai.OpenAI:
-    """The openai client: it retries connection errors, timeouts, 408/409/429 and 5xx itself
-    (exponential backoff, honouring Retry-After) `llm_http_retries` times."""
-    # Redirects are not followed (the client would by default, resending the paper to wherever the
-    # server points): data goes only to llm_base_url, and a redirect stops the run (Caller).
-    return openai.OpenAI(base_url=cfg["llm_base_url"], api_key=cfg["llm_api_key"] or NO_KEY,
-                         max_retries=cfg["llm_http_retries"], timeout=cfg["llm_timeout"],
-                         http_client=openai.DefaultHttpxClient(follow_redirects=False))
-
-
-def server_host(url: str) -> str:
-    """host:port of a base URL, without user:password@ (never written: it may hold credentials)."""
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    host = f"[{host}]" if ":" in host else host
-    return f"{host}:{parts.port}" if parts.port else host
-
-
-def redact(text: str, cfg: dict) -> str:
-    """Remove the key (and a base URL's credentials) from any text we print or store."""
-    key = cfg.get("llm_api_key") or ""
-    if len(key) >= 4:
-        text = text.replace(key, "***")
-    parts = urlsplit(cfg.get("llm_base_url", ""))
-    if parts.password:
-        text = text.replace(parts.password, "***")
-    return text
-
-
-def _public_url(url: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(netloc=server_host(url))) if parts.username or parts.password else url
-
-
-def _check(cfg: dict) -> None:
-    for key, low in (("llm_concurrency", 1), ("llm_retries", 0), ("llm_http_retries", 0), ("llm_max_tokens", 1)):
-        if cfg[key] < low:
-            raise GenerationError(f"setting '{key}' must be >= {low}, got {cfg[key]}")
-    if cfg["llm_response_format"] not in ("auto", "json_object", "none"):
-        raise GenerationError(f"setting 'llm_response_format' must be auto, json_object or none, "
-                         f"got '{cfg['llm_response_format']}'")
-    if not urlsplit(cfg["llm_base_url"]).hostname:
-        raise GenerationError(f"setting 'llm_base_url' is not a URL: '{_public_url(cfg['llm_base_url'])}'")
-
-
-def save_run_settings(out_file: str, cfg: dict, prompt: Prompt, prompt_sha: str, stats: dict) -> str:
-    """NAME.settings.json next to the output: the last run's resolved settings (settings.public_settings
-    drops the key), its prompt template with id and hash, and the stats of every run so far."""
-    target = _sibling(out_file, ".settings.json")
-    runs = []
-    if os.path.exists(target):
-        try:
-            runs = json.load(open(target, encoding="utf-8")).get("runs", [])
-        except (ValueError, AttributeError):
-            print(f"warning: {target}: not readable JSON; starting its run history anew", file=sys.stderr)
-    runs.append(dict(stats, finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                     model=cfg["llm_model"], prompt_sha256=prompt_sha, temperature=cfg["llm_temperature"]))
-    public = settings.public_settings(cfg, llm_base_url=_public_url(cfg["llm_base_url"]),
-                                      prompt={"id": prompt.id, "sha256": prompt_sha, "system": prompt.system,
-                                              "user": prompt.user, "retry": prompt.retry}, runs=runs)
-    return settings.write_json_atomic(target, public, indent=2, sort_keys=True)
+def _run(kind: str, caller: "Caller", stats: dict, todo: Iterator[dict], out: Any, failures_file: str,
+         stop: threading.Event) -> Exception | None:
+    """The loop of generate: papers to the workers, their records to the files as they finish, until
+    done, a fatal error (returned) or `stop`. Fills `stats`."""
+    cfg = caller.cfg
+    pool = DaemonPool(cfg["llm_concurrency"])
+    bar = tqdm(total=stats["papers"], initial=stats["skipped"], desc=kind, unit="paper", dynamic_ncols=True)
+    bar.set_postfix(done=0, failed=0, skipped=stats["skipped"])
+    start, fatal = time.time(), None
+    try:
+        with open(failures_file, "a", encoding="utf-8") as failed:
+            for fut in completed(pool, caller, todo, window=2 * cfg["llm_concurrency"], stop=stop):
+                try:
+                    record = fut.result()
+                except FatalServerError as e:
+                    fatal = e
+                    break
+                if record is None:  # a worker that saw the stop event
+                    continue
+                ok = record.pop("status") == "ok"
+                append_jsonl(out if ok else failed, record)
+                stats["done" if ok else "failed"] += 1
+                bar.update(1)
+                bar.set_postfix(done=stats["done"], failed=stats["failed"], skipped=stats["skipped"])
+    finally:
+        stop.set()  # workers stop before their next attempt; queued papers are dropped
+        pool.shutdown()
+        bar.close()
+        seconds = time.time() - start
+        stats["seconds"] = round(seconds, 1)
+        stats["papers_per_minute"] = round(60 * (stats["done"] + stats["failed"]) / max(seconds, 1e-3), 2)
+    return fatal
 
 
 # ----------------------------------------------------------------------------------------------
@@ -264,62 +196,76 @@ def save_run_settings(out_file: str, cfg: dict, prompt: Prompt, prompt_sha: str,
 
 
 class Caller:
-    """Called from worker threads with one paper; returns a record with status "ok" or "failed"."""
+    """Called from worker threads with one paper; returns a record with status "ok" or "failed", or None
+    once `stop` is set (checked before every attempt, so a stopped run sends nothing more)."""
 
     def __init__(self, cfg: dict, prompt: Prompt, prompt_sha: str, field: str, parse: Callable[[dict, dict], Any],
-                 values: dict):
+                 values: dict, stop: threading.Event | None = None):
         self.cfg, self.prompt, self.prompt_sha, self.field = cfg, prompt, prompt_sha, field
-        self.parse, self.values = parse, values
+        self.parse, self.values, self.stop = parse, values, stop or threading.Event()
         self.client = make_client(cfg)
         self.json_mode = cfg["llm_response_format"] != "none"  # "auto" turns it off if the server says no
         self.lock = threading.Lock()
 
-    def __call__(self, paper: dict) -> dict:
+    def __call__(self, paper: dict) -> dict | None:
         cfg, start = self.cfg, time.time()
         first = messages = self.prompt.messages(paper, **self.values)
         tries: list[dict] = []
         usage = {"prompt_tokens": 0, "completion_tokens": 0}
+        best: dict = {}  # the attempt with the most usable output, kept if none is all good
         for attempt in range(1, cfg["llm_retries"] + 2):
+            if self.stop.is_set():
+                return None
             try:
                 response, json_mode = self._send(messages)
-            except openai.APITimeoutError as e:
-                return self._record(paper, start, "failed", reason=f"timeout after {cfg['llm_timeout']}s and "
-                                    f"{cfg['llm_http_retries']} client retries ({type(e).__name__})", attempts=tries)
-            except openai.APIConnectionError as e:
-                raise FatalServerError(f"cannot reach {server_host(cfg['llm_base_url'])} (setting llm_base_url / "
-                                       f"OPENAI_BASE_URL): {e}") from None
-            except openai.APIStatusError as e:
-                if 300 <= e.status_code < 400:
-                    raise FatalServerError(f"{server_host(cfg['llm_base_url'])} answered HTTP {e.status_code}, a "
-                                           f"redirect, not followed: data goes only to llm_base_url (set it to "
-                                           f"the address the server redirects to, if you trust it)") from None
-                if e.status_code in (401, 403, 404):
-                    raise FatalServerError(f"{server_host(cfg['llm_base_url'])} answered HTTP {e.status_code} "
-                                           f"for model '{cfg['llm_model']}' (check llm_model / llm_base_url / "
-                                           f"OPENAI_API_KEY): {_short(e.message)}") from None
-                return self._record(paper, start, "failed", attempts=tries, reason=f"HTTP {e.status_code} after "
-                                    f"{cfg['llm_http_retries']} client retries: {_short(e.message)}")
-            except openai.OpenAIError as e:  # e.g. a response body that is not a chat completion
-                return self._record(paper, start, "failed", attempts=tries,
-                                    reason=f"{type(e).__name__}: {_short(str(e))}")
-            choice = response.choices[0] if response.choices else None
-            text = (choice.message.content if choice else None) or ""
-            finish = choice.finish_reason if choice else None
-            if response.usage:
-                usage["prompt_tokens"] += response.usage.prompt_tokens or 0
-                usage["completion_tokens"] += response.usage.completion_tokens or 0
-            try:
+                text, finish, served = read_answer(response, usage)
                 value = self.parse(parse_json(text), paper)
+            except BadResponse as e:  # the server's fault, not the model's: ask the same again
+                tries.append({"reason": str(e), "raw": e.raw})
+                continue
+            except json.JSONDecodeError as e:  # a 200 reply declared as JSON that is not (the client lets it out)
+                tries.append({"reason": f"the server's reply is not valid JSON ({e.msg})", "raw": _short(e.doc, 2000)})
+                continue
             except InvalidOutput as e:
                 hint = " (finish_reason=length: raise llm_max_tokens)" if finish == "length" else ""
                 tries.append({"reason": f"{e}{hint}", "finish_reason": finish, "raw": text})
-                messages = self.prompt.retry_messages(first, text, str(e))
+                if e.partial and len(e.partial) > len(best.get("value", ())):
+                    best = dict(value=e.partial, dropped=e.dropped, finish_reason=finish, served_model=served,
+                                json_mode=json_mode)
+                messages = self.prompt.retry_messages(first, text, str(e), **self.values)
                 continue
+            except openai.OpenAIError as e:
+                return self._request_failed(paper, start, e, tries)
             retried = {"retried_for": [t["reason"] for t in tries]} if tries else {}
             return self._record(paper, start, "ok", value=value, finish_reason=finish, attempts=attempt,
-                                usage=usage, served_model=response.model, json_mode=json_mode, **retried)
+                                usage=usage, served_model=served, json_mode=json_mode, **retried)
+        if best:  # e.g. 2 good summaries of 4 asked: better than none (see the parse function)
+            return self._record(paper, start, "ok", attempts=len(tries), usage=usage, partial=True,
+                                retried_for=[t["reason"] for t in tries], **best)
         return self._record(paper, start, "failed", attempts=tries, usage=usage,
                             reason=f"no valid answer in {len(tries)} attempts: {tries[-1]['reason']}")
+
+    def _request_failed(self, paper: dict, start: float, e: openai.OpenAIError, tries: list[dict]) -> dict:
+        """The record of a request that failed after the client's own retries, or FatalServerError."""
+        cfg, host = self.cfg, server_host(self.cfg["llm_base_url"])
+        if isinstance(e, openai.APITimeoutError):
+            reason = f"timeout after {cfg['llm_timeout']}s and {cfg['llm_http_retries']} client retries"
+        elif isinstance(e, openai.APIConnectionError):
+            if not _cut_mid_answer(e):
+                raise FatalServerError(f"cannot reach {host} (setting llm_base_url / OPENAI_BASE_URL): {e}") from None
+            reason = f"{host} closed the connection in the middle of its answer ({_short(str(e.__cause__))})"
+        elif isinstance(e, openai.APIStatusError):
+            if 300 <= e.status_code < 400:
+                raise FatalServerError(f"{host} answered HTTP {e.status_code}, a redirect, not followed: data goes "
+                                       f"only to llm_base_url (set it to the address the server redirects to, "
+                                       f"if you trust it)") from None
+            if e.status_code in (401, 403, 404):
+                raise FatalServerError(f"{host} answered HTTP {e.status_code} for model '{cfg['llm_model']}' (check "
+                                       f"llm_model / llm_base_url / OPENAI_API_KEY): {_short(e.message)}") from None
+            reason = f"HTTP {e.status_code} after {cfg['llm_http_retries']} client retries: {_short(e.message)}"
+        else:
+            reason = f"{type(e).__name__}: {_short(str(e))}"
+        return self._record(paper, start, "failed", attempts=tries, reason=reason)
 
     def _send(self, messages: list[dict]) -> tuple[Any, bool]:
         cfg, json_mode = self.cfg, self.json_mode
@@ -357,6 +303,40 @@ class Caller:
             for t in record.get("attempts") or []:
                 t["raw"], t["reason"] = redact(t["raw"], cfg), redact(t["reason"], cfg)
         return record
+
+
+def read_answer(response: Any, usage: dict) -> tuple[str, str | None, str | None]:
+    """(content, finish_reason, served model) of a chat completion, adding its token counts to `usage`;
+    BadResponse if it is not one. The client does not validate answers: a 200 reply that is an HTML
+    page comes back as a str, and `choices`, `message`, `content` and `usage` may hold anything."""
+    choices = getattr(response, "choices", None)
+    if isinstance(response, (str, bytes, list, dict)) or choices is None:
+        raise BadResponse("the server's reply is not a chat completion", raw=_short(str(response), 2000))
+    if not isinstance(choices, list) or not choices:
+        raise BadResponse(f"the server's reply has no choices ({_short(repr(choices), 100)})")
+    message = getattr(choices[0], "message", None)
+    content = getattr(message, "content", None)
+    if message is None or not isinstance(content, (str, type(None))):
+        got = "no message" if message is None else f"message content of type {type(content).__name__}"
+        raise BadResponse(f"the server's reply has {got}, not text", raw=_short(repr(content), 2000))
+    for key in usage:  # token counts are bookkeeping: an odd or missing `usage` counts nothing
+        n = getattr(getattr(response, "usage", None), key, None)
+        usage[key] += n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else 0
+    finish = getattr(choices[0], "finish_reason", None)
+    served = getattr(response, "model", None)
+    return content or "", finish if isinstance(finish, str) else None, served if isinstance(served, str) else None
+
+
+def _cut_mid_answer(e: Exception) -> bool:
+    """Whether a connection error happened after the server was reached (its reply broken off), rather
+    than connecting: the first is one paper's failed attempt, the second stops the run."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if type(e).__name__ in ("RemoteProtocolError", "ReadError"):  # httpx's names, whichever httpx
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def parse_json(text: str) -> dict:
@@ -397,52 +377,5 @@ def request_body(cfg: dict, messages: list[dict], json_mode: bool) -> dict:
 
 def _dry_run_request(cfg: dict, prompt: Prompt, paper: dict, values: dict) -> dict:
     body = request_body(cfg, prompt.messages(paper, **values), cfg["llm_response_format"] != "none")
-    return {"POST": _public_url(cfg["llm_base_url"]).rstrip("/") + "/chat/completions", "paper": paper["id"],
+    return {"POST": public_url(cfg["llm_base_url"]).rstrip("/") + "/chat/completions", "paper": paper["id"],
             "prompt": prompt.id, "prompt_sha256": prompt.sha256(values), "body": body}
-
-
-# ----------------------------------------------------------------------------------------------
-# Files: append, resume, repair, compact
-
-
-def _sibling(out_file: str, suffix: str) -> str:
-    stem = out_file[: -len(".jsonl")] if out_file.endswith(".jsonl") else out_file
-    return stem + suffix
-
-
-def _done_ids(path: str, model: str, prompt_sha: str) -> set[str]:
-    if not os.path.exists(path):
-        return set()
-    return {r["id"] for _, r in iter_jsonl(path, allow_truncated_tail=True)
-            if r.get("model") == model and r.get("prompt_sha256") == prompt_sha}
-
-
-def compact(path: str, field: str, model: str, prompt_sha: str) -> list[str]:
-    """Rewrite `path` atomically: one line per paper, sorted by id. A paper's line from this model and
-    prompt wins (the first, if repeated); else its newest line from an earlier generation is kept."""
-    if not os.path.exists(path):
-        return []
-    current: dict[str, int] = {}  # id -> byte offset of the line kept
-    older: dict[str, int] = {}
-    for line, offset, r in iter_records(path, allow_truncated_tail=True):
-        if not isinstance(r.get("id"), str) or field not in r:
-            raise DataError(f"{path}:{line}: expected fields 'id' and '{field}'")
-        if r.get("model") == model and r.get("prompt_sha256") == prompt_sha:
-            current.setdefault(r["id"], offset)
-        else:
-            older[r["id"]] = offset
-    keep = {**older, **current}
-    keep_lines(path, keep)
-    return sorted(keep)
-
-
-def _compact_failures(path: str, succeeded: set[str]) -> None:
-    """Keep the latest failure of each paper with no good line from this model and prompt; no file if none."""
-    if not os.path.exists(path):
-        return
-    latest = {r["id"]: offset for _, offset, r in iter_records(path, allow_truncated_tail=True)
-              if r.get("id") not in succeeded}
-    if latest:
-        keep_lines(path, latest)
-    else:
-        os.remove(path)

@@ -28,7 +28,7 @@ from typing import IO, Any
 import settings
 
 
-class DataError(ValueError):
+class DataError(settings.UserError, ValueError):
     """Bad input data; the message names the file and line."""
 
 

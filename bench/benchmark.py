@@ -27,7 +27,9 @@ class Projected:
         import numpy as np
         from sklearn.feature_extraction.text import TfidfVectorizer
 
-        self.name, self.role, self.sep, self.params, self.path, self.pooling = "tfidf-proj384", "", " ", None, "", ""
+        self.name, self.role, self.sep, self.params, self.path = "tfidf-proj384", "", " ", None, ""
+        self.metric = settings.metric if settings.metric != "auto" else "euclidean"
+        self.scoring = {"pooling": "tf-idf projected", "similarity": self.metric, "normalized": False, "max_length": None}
         self.tfidf = TfidfVectorizer(sublinear_tf=True).fit([p["title"] + " " + p["abstract"] for p in corpus])
         self.proj = np.random.default_rng(0).standard_normal((len(self.tfidf.vocabulary_), 384)).astype(np.float32)
         self.key = {"bench": "tfidf-proj384"}
@@ -39,7 +41,7 @@ class Projected:
 def one_size(n: int, cfg: dict, queue) -> None:
     import tempfile
 
-    import semantic_benchmark as B
+    import benchmark_harness as B
     from load_data import ensure_default_data, load_corpus
 
     settings.update(**cfg)
@@ -64,7 +66,7 @@ def one_size(n: int, cfg: dict, queue) -> None:
 if __name__ == "__main__":
     flags = settings.parse_command_line(flags={"sizes": "1000,5000,20000"})
     rows = [run_in_child(one_size, int(n), settings.resolved()) for n in flags["sizes"].split(",")]
-    print(f"\nbenchmark scoring, metric {settings.metric}, k={settings.knn_k}, cpu ({os.cpu_count()} cores)")
+    print(f"\nbenchmark scoring, metric {settings.metric if settings.metric != 'auto' else 'euclidean'}, k={settings.knn_k}, cpu ({os.cpu_count()} cores)")
     print("| papers | total s | title-abstract s | segments s | query s | clustering s | peak RSS MiB | "
           "full n x n float64 matrix MiB |\n|---|---|---|---|---|---|---|---|")
     for r in rows:

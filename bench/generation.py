@@ -1,11 +1,17 @@
-"""Requests per second of the generation pipeline against our fake OpenAI server, by concurrency.
+"""Throughput of LLM generation.
 
+Against our fake OpenAI server (requests/s of the pipeline itself, by concurrency):
     python bench/generation.py                     # latency 0 and 50 ms per request, concurrency 1 and 32
     python bench/generation.py --papers=400 --latencies=0.1 --concurrency=1,8,32
 
-The server runs in its own process (tests/fake_openai_server.py) so that it does not share our GIL.
-Measures the whole path of generate_search_queries: openai client over HTTP, JSON validation,
-one flushed and fsynced JSONL line per paper, and the final compaction.
+Against a real server (e.g. `python serve_llm.py --slots=4`): the same papers summarized with 1 request
+in flight, then with --slots in flight, in one run; papers/min and completion tokens/s of each:
+    python bench/generation.py --base_url=http://127.0.0.1:8000/v1 --papers=8 [--slots=4]
+        [--model=qwen2.5-coder-1.5b-instruct-q4_k_m] [--corpus=data/arxiv_train.jsonl]
+
+The fake server runs in its own process (tests/fake_openai_server.py) so that it does not share our GIL.
+Both measure the whole path: openai client over HTTP, JSON validation, one flushed and fsynced JSONL
+line per paper, and the final compaction.
 """
 from __future__ import annotations
 
@@ -22,7 +28,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import generate_search_queries  # noqa: E402
+import generate_train_summaries  # noqa: E402
 import settings  # noqa: E402
+from load_data import iter_corpus, iter_jsonl  # noqa: E402
 
 
 def bench(papers: int = 200, latencies: tuple[float, ...] = (0.0, 0.05),
@@ -59,8 +67,48 @@ def bench(papers: int = 200, latencies: tuple[float, ...] = (0.0, 0.05),
     return rows
 
 
+def bench_server(base_url: str, papers: int = 8, slots: int = 4, model: str = "qwen2.5-coder-1.5b-instruct-q4_k_m",
+                 corpus: str = "data/arxiv_train.jsonl", retries: int = 1) -> list[dict]:
+    """Summaries of the first `papers` papers of `corpus` from the server at base_url, with 1 then `slots`
+    requests in flight (fresh output files, so nothing is skipped): one row per concurrency."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        sample = os.path.join(tmp, "papers.jsonl")
+        with open(sample, "w", encoding="utf-8") as f:
+            for paper, _ in zip(iter_corpus(corpus), range(papers)):
+                f.write(json.dumps(paper, ensure_ascii=False) + "\n")
+        for conc in dict.fromkeys((1, slots)):
+            out = os.path.join(tmp, f"s_{conc}.jsonl")
+            cfg = settings.resolved(llm_base_url=base_url, llm_model=model, generation_corpus_file=sample,
+                                    generated_summaries_file=out, llm_concurrency=conc, llm_retries=retries)
+            start = time.perf_counter()
+            stats = generate_train_summaries.generate_summaries(cfg)
+            seconds = time.perf_counter() - start
+            tokens = sum(_completion_tokens(path) for path in (out, out.replace(".jsonl", ".failures.jsonl")))
+            rows.append({"concurrency": conc, "papers": papers, "done": stats["done"], "failed": stats["failed"],
+                         "seconds": round(seconds, 1), "papers_per_min": round(60 * papers / seconds, 2),
+                         "completion_tokens_per_s": round(tokens / seconds, 1)})
+    print("| in flight | papers | done | failed | seconds | papers/min | completion tokens/s |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(str(v) for v in r.values()) + " |")
+    return rows
+
+
+def _completion_tokens(path: str) -> int:
+    """Completion tokens of every attempt, as the server reported them (0 where it did not)."""
+    if not os.path.exists(path):
+        return 0
+    return sum((r.get("usage") or {}).get("completion_tokens") or 0 for _, r in iter_jsonl(path))
+
+
 if __name__ == "__main__":
     opts = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
+    if "base_url" in opts:
+        bench_server(opts["base_url"], papers=int(opts.get("papers", 8)), slots=int(opts.get("slots", 4)),
+                     model=opts.get("model", "qwen2.5-coder-1.5b-instruct-q4_k_m"),
+                     corpus=opts.get("corpus", os.path.join(ROOT, "data", "arxiv_train.jsonl")))
+        sys.exit(0)
     bench(papers=int(opts.get("papers", 200)),
           latencies=tuple(float(x) for x in opts.get("latencies", "0,0.05").split(",")),
           concurrency=tuple(int(x) for x in opts.get("concurrency", "1,32").split(",")))

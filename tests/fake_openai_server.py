@@ -7,8 +7,16 @@ POST /v1/chat/completions answers, for the first user message (the paper; later 
   that message, then the valid answer. MODE is one of:
     invalid  content that is not JSON          empty   empty content
     fence    valid JSON inside a ```json fence  dupes   summaries that are all the same
+    twobad   2 valid summaries, 2 that break the summary prompt's rules
     length   half a JSON object, finish_reason "length"
+    slow     the valid answer after `slow_seconds` (a server busy with other work)
     429 / 500 / 400 / 401  that HTTP status (429 and 5xx with a tiny Retry-After, so clients retry fast)
+  and malformed 200 replies, as broken proxies and servers send them:
+    html      an HTML page (Content-Type text/html)    badjson    Content-Type JSON, body not JSON
+    nullmsg   "message": null                          nochoices  "choices": []
+    nonstring "content" a JSON object, not a string    cut        half the body, then the connection closes
+    oddusage  valid content, "usage": {"prompt_tokens": "many", "completion_tokens": null}
+    nousage   valid content, no "usage"
 Server-wide options: `latency` (seconds per request), `reject_response_format` (400 for requests
 that send response_format, like a server that does not know it), `expected_key` (401 otherwise),
 `redirect_to` (a base URL: every POST is answered 307 to the same path there).
@@ -37,8 +45,9 @@ class FakeOpenAIServer:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, latency: float = 0.0,
                  reject_response_format: bool = False, expected_key: str | None = None,
-                 redirect_to: str | None = None):
+                 redirect_to: str | None = None, slow_seconds: float = 30.0):
         self.latency, self.reject_response_format, self.expected_key = latency, reject_response_format, expected_key
+        self.slow_seconds = slow_seconds
         self.redirect_to = redirect_to
         self.lock = threading.Lock()
         self.seen: Counter = Counter()       # requests per message (its paper marker, or its hash)
@@ -85,6 +94,8 @@ class FakeOpenAIServer:
         try:
             if self.latency:
                 time.sleep(self.latency)
+            if any(m.group(1) == "slow" and count <= int(m.group(2)) for m in DIRECTIVE.finditer(user)):
+                time.sleep(self.slow_seconds)
             return self._answer(body, auth, user, count)
         finally:
             with self.lock:
@@ -102,6 +113,10 @@ class FakeOpenAIServer:
                 break
         if mode in ("429", "500", "503", "400", "401", "404"):
             return int(mode), _error(f"fake {mode}", None), {"retry-after-ms": "5"}
+        if mode == "html":
+            return 200, b"<html><body><h1>502 Bad Gateway</h1></body></html>", {"Content-Type": "text/html"}
+        if mode == "badjson":
+            return 200, b'{"id": "chatcmpl-1", "choices": [', {}
         content, finish = _valid_content(user), "stop"
         if mode == "invalid":
             content = "Sure! Here are the summaries: first, second"
@@ -110,16 +125,31 @@ class FakeOpenAIServer:
         elif mode == "fence":
             content = f"```json\n{content}\n```"
         elif mode == "dupes":
-            content = json.dumps({"summaries": ["the same summary of the paper again"] * 8})
+            content = json.dumps({"summaries": ["The same summary of the whole work, given over and over again."] * 8})
         elif mode == "length":
             content, finish = content[: len(content) // 2], "length"
+        elif mode == "twobad":  # the first two summaries valid, the others break the prompt's rules
+            good = json.loads(content)["summaries"][:2]
+            content = json.dumps({"summaries": good + ["In this paper we show that everything works well enough.",
+                                                       "Results improve by 42 points on every single benchmark."]})
         words = len(content.split())
-        return 200, {"id": f"chatcmpl-{self.stats['requests']}", "object": "chat.completion",
-                     "created": int(time.time()), "model": f"fake/{body.get('model')}",
-                     "choices": [{"index": 0, "finish_reason": finish,
-                                  "message": {"role": "assistant", "content": content}}],
-                     "usage": {"prompt_tokens": len(user.split()), "completion_tokens": words,
-                               "total_tokens": len(user.split()) + words}}, {}
+        reply = {"id": f"chatcmpl-{self.stats['requests']}", "object": "chat.completion",
+                 "created": int(time.time()), "model": f"fake/{body.get('model')}",
+                 "choices": [{"index": 0, "finish_reason": finish,
+                              "message": {"role": "assistant", "content": content}}],
+                 "usage": {"prompt_tokens": len(user.split()), "completion_tokens": words,
+                           "total_tokens": len(user.split()) + words}}
+        if mode == "nullmsg":
+            reply["choices"][0]["message"] = None
+        elif mode == "nochoices":
+            reply["choices"] = []
+        elif mode == "nonstring":
+            reply["choices"][0]["message"]["content"] = json.loads(content)
+        elif mode == "oddusage":
+            reply["usage"] = {"prompt_tokens": "many", "completion_tokens": None}
+        elif mode == "nousage":
+            del reply["usage"]
+        return 200, reply, {"X-Fake-Cut": "1"} if mode == "cut" else {}
 
 
 def _paper_key(user: str) -> str:
@@ -128,13 +158,28 @@ def _paper_key(user: str) -> str:
     return m.group(1) if m else hashlib.sha256(user.encode()).hexdigest()[:12]
 
 
+# Summaries that pass generate_train_summaries' checks: distinct wording, no digits, no "we", and only
+# two words taken from the abstract (its two longest), so never a copied run of words.
+SUMMARY_TEMPLATES = [
+    "A plain account of how {a} shapes {b}, with evidence that the effect holds broadly.",
+    "Careful modelling of {b} gives a clearer picture of {a} than earlier approaches managed.",
+    "Simple methods can capture both {a} and {b} without extra effort or special tools.",
+    "Findings suggest {a} depends strongly on {b} across many different settings and conditions.",
+    "An approach linking {b} to {a} turns out to be accurate, cheap and easy to reuse.",
+    "Experiments reveal that treating {a} together with {b} improves understanding of both topics.",
+]
+
+
 def _valid_content(user: str) -> str:
     text = user.split("Abstract:", 1)[-1]
     words = re.findall(r"[A-Za-z]+", text)[:12] or ["nothing"]
     m = re.search(r"Write (\d+) different summaries", user)
     if m:
         n = int(m.group(1))
-        return json.dumps({"summaries": [f"Summary {i + 1} says that {' '.join(words)}." for i in range(n)]})
+        a, b = (sorted(set(w.lower() for w in words) - {"paper", "fake"}, key=lambda w: (-len(w), w))
+                + ["data", "models"])[:2]
+        return json.dumps({"summaries": [SUMMARY_TEMPLATES[i % len(SUMMARY_TEMPLATES)].format(a=a, b=b)
+                                         for i in range(n)]})
     return json.dumps({"query": f"how {' '.join(words[:8])}"})
 
 
@@ -173,14 +218,20 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, self.fake.snapshot(), {})
         self._send(404, _error(f"no route {self.path}", None), {})
 
-    def _send(self, status: int, body: dict, headers: dict) -> None:
-        data = json.dumps(body).encode()
+    def _send(self, status: int, body: dict | bytes, headers: dict) -> None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        cut = headers.pop("X-Fake-Cut", None)
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        headers.setdefault("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         for k, v in headers.items():
             self.send_header(k, v)
         self.end_headers()
+        if cut:  # the announced length, then half of it and a closed connection
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
         self.wfile.write(data)
 
     def log_message(self, *args) -> None:  # quiet
@@ -189,6 +240,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 if __name__ == "__main__":
     opts = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
-    server = FakeOpenAIServer(port=int(opts.get("port", 8001)), latency=float(opts.get("latency", 0)))
+    server = FakeOpenAIServer(port=int(opts.get("port", 8001)), latency=float(opts.get("latency", 0)),
+                              slow_seconds=float(opts.get("slow_seconds", 30)))
     print(f"fake OpenAI server on {server.base_url}", flush=True)
     server.httpd.serve_forever()

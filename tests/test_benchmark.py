@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 
 import numpy as np
 import pytest
 
+import benchmark_harness as H
 import load_data as L
 import semantic_benchmark as sb
 import settings
@@ -41,7 +41,8 @@ class Fixed:
 
     def __init__(self, table: dict[str, np.ndarray], name: str = "fixed", role: str = ""):
         self.table, self.name, self.role, self.sep = table, name, role, " "
-        self.params, self.path, self.pooling = None, "", ""
+        self.params, self.path, self.metric = None, "", "euclidean"
+        self.scoring = {"pooling": "fixed", "similarity": "euclidean", "normalized": False, "max_length": None}
         self.key, self.calls = {"fixed": name}, 0
 
     def embed(self, texts):
@@ -82,15 +83,18 @@ def test_knn_and_v_measure_perfect_and_chance(metric):
 
 
 def test_perf_formula():
-    def res(ranks, knn):
-        return {"tasks": {"title_abstract": {"mean_rank": ranks, "chance_rank": 50.5},
-                          "clustering": {"knn_agreement": knn, "chance": 0.2}}}
-    perf = sb.perf_scores({"best": res(1.5, 0.8), "mid": res(math.sqrt(1.5 * 50.5), 0.5), "bad": res(80.0, 0.1)})
-    assert perf["best"][0] == pytest.approx(1.0)
-    assert perf["mid"][1]["title_abstract"] == pytest.approx(0.5)  # halfway on the log scale
+    def res(ranks, knn, role=""):
+        return {"role": role, "tasks": {"title_abstract": {"mean_rank": ranks, "chance_rank": 50.5},
+                                        "clustering": {"knn_agreement": knn, "chance": 0.2}}}
+    run = {"base": res(9.0, 0.4, "base"), "best": res(1.0, 0.8), "mid": res(5.0, 0.6), "bad": res(80.0, 0.1)}
+    perf = sb.perf_scores(run, "base")
+    assert perf["base"][0] == 0.0 and perf["best"][0] == pytest.approx(1.0)
+    assert perf["mid"][1]["title_abstract"] == pytest.approx(0.5)  # halfway on the linear rank scale
     assert perf["mid"][1]["clustering"] == pytest.approx(0.5)
     assert perf["mid"][0] == pytest.approx(0.5)
-    assert perf["bad"][0] == 0.0  # worse than chance clips to 0
+    assert perf["bad"][0] == 0.0  # worse than the reference clips to 0
+    assert sb.perf_scores(run, "mid")["base"][0] == 0.0 and sb.perf_scores(run, "mid")["best"][0] == 1.0  # by name
+    assert all(p == (None, {}) for p in sb.perf_scores(run, "no-such-model").values())  # no reference: no Perf.
 
 
 # ----------------------------------------------------------------------------------------------
@@ -117,8 +121,8 @@ def test_split_halves_rule():
 
 def lexical_run(tmp_path, corpus, queries=None, overwrite=False, embedders=None, **overrides):
     cfg = cfg_for(tmp_path, **overrides)
-    embs = embedders or [sb.Lexical(sb.load_corpus(corpus))]
-    return sb.run_benchmark(embs, cfg, corpus, queries, overwrite)
+    embs = embedders or [H.TfidfEmbedder(sb.load_corpus(corpus), cfg)]
+    return H.run_benchmark(embs, cfg, corpus, queries, overwrite)
 
 
 def test_skip_without_labels_and_queries(tmp_path, capsys):
@@ -136,16 +140,19 @@ def test_all_tasks_with_labels_and_queries(tmp_path):
     corpus = small_corpus(tmp_path)
     recs = [{"id": f"p{i}", "query": f"token{i} for {TOPICS[i % 4]}", "model": "test"} for i in range(12)]
     queries = write_jsonl(tmp_path / "q.jsonl", recs + [{"id": "elsewhere", "query": "a paper not in the corpus"}])
-    r = lexical_run(tmp_path, corpus, queries, knn_k=2)["TF-IDF (lexical)"]
+    r = lexical_run(tmp_path, corpus, queries, knn_k=2, perf_reference="lexical")["TF-IDF (lexical)"]
     assert r["tasks"]["query"]["mean_rank"] == 1.0 and r["tasks"]["query"]["n"] == 12
     c = r["tasks"]["clustering"]
     assert c["k"] == 2 and c["n_labels"] == 4 and 0 <= c["knn_agreement"] <= 1 and 0 <= c["v_measure"] <= 1
-    assert r["perf"] == pytest.approx(1.0)  # alone in its run, it is the best on every task
-    out_dir = tmp_path / "out" / "benchmark" / "corpus-euclidean"
-    assert (out_dir / "results.md").exists()
+    assert r["perf"] == 0.0  # its own reference: Perf. 0 on every task
+    out_dir = tmp_path / "out" / "benchmark" / "corpus"
+    table = (out_dir / "results.md").read_text()
+    assert "| TF-IDF (lexical) | tf-idf, cosine, normalized |" in table and "Perf. = 0 at TF-IDF" in table
     saved = json.loads((out_dir / "TF-IDF_lexical.json").read_text())
     assert saved["corpus_sha256"] and saved["versions"]["numpy"] and saved["tasks"]["query"]["seconds"] >= 0
-    assert saved["perf"] == pytest.approx(1.0) and saved["perf_per_task"]["query"] == pytest.approx(1.0)
+    assert saved["perf"] == 0.0 and saved["perf_reference"] == "lexical"
+    r = lexical_run(tmp_path, corpus, queries, knn_k=2)["TF-IDF (lexical)"]  # default reference: "base", absent
+    assert r["perf"] is None and "Perf. left empty" in (out_dir / "results.md").read_text()
 
 
 def test_resume_keeps_scored_tasks_and_overwrite_redoes_them(tmp_path):
@@ -164,7 +171,7 @@ def test_resume_keeps_scored_tasks_and_overwrite_redoes_them(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         lexical_run(tmp_path, corpus, embedders=[Crashing(table)])
-    path = tmp_path / "out" / "benchmark" / "corpus-euclidean" / "fixed.json"
+    path = tmp_path / "out" / "benchmark" / "corpus" / "fixed.json"
     saved = json.loads(path.read_text())
     assert list(saved["tasks"]) == ["title_abstract"]  # written after the first task
     saved["tasks"]["title_abstract"]["mean_rank"] = 123.0  # a marker: resume must keep it
@@ -190,18 +197,101 @@ def test_embeddings_equal_sentence_transformers(tmp_path, tiny_model_dir, poolin
 
     from model import load_model, save_model
 
-    m, tok = load_model(tiny_model_dir, "cpu")
-    saved = save_model(m, tok, str(tmp_path / "st"), metric="euclidean", max_length=128, pooling=pooling)
+    m, _ = load_model(tiny_model_dir, "cpu", pooling=pooling)
+    saved = save_model(m, str(tmp_path / "st"))
     cfg = cfg_for(tmp_path, precision="fp32", device="cpu")
     texts = ["a short text", "a somewhat longer text about graph parsing and more words " * 3, "x"]
     m2, tok2 = load_model(saved, "cpu")
-    emb = sb.Encoder("tiny", m2, tok2, pooling, cfg)
+    emb = H.ModelEmbedder("tiny", m2, tok2, cfg)
+    assert (emb.metric, emb.scoring["pooling"], emb.max_length) == ("euclidean", pooling, 128)
     ours = emb.embed(texts)
     theirs = SentenceTransformer(saved, device="cpu").encode(texts, convert_to_numpy=True)
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
     cached = os.listdir(cfg["embedding_cache_dir"])
     assert len(cached) == 1 and np.array_equal(emb.embed(texts), ours)  # second call from the cache
     assert len(os.listdir(cfg["embedding_cache_dir"])) == 1
+
+
+def test_a_dense_and_normalize_folder_embeds_as_sentence_transformers(tmp_path):
+    """Referee: a folder Transformer -> Pooling -> Dense 384->128 -> Normalize gives, through our encode(),
+    the vectors and shape of SentenceTransformer.encode() (fp32)."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dense, Normalize
+
+    from model import encode, load_model
+
+    shipped = SentenceTransformer(settings._packaged_minilm(), device="cpu")
+    torch.manual_seed(0)
+    folder = str(tmp_path / "dense")
+    SentenceTransformer(modules=[shipped[0], shipped[1], Dense(384, 128), Normalize()], device="cpu").save(folder)
+    texts = ["Graph neural networks for parsing.", "A short one.", "Dark matter in galaxy clusters " * 40]
+    theirs = SentenceTransformer(folder, device="cpu").encode(texts, convert_to_numpy=True)
+    m, tok = load_model(folder, "cpu")
+    ours = encode(m, tok, texts, batch_size=2, precision="fp32")
+    assert ours.shape == theirs.shape == (3, 128)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def test_title_abstract_equals_sentence_transformers_information_retrieval_evaluator(tmp_path):
+    """Referee: titles as queries, abstracts as corpus; the packaged all-MiniLM-L6-v2 as shipped
+    (mean pooling, normalized, cosine, 256 tokens): same MRR@10 and accuracy@1 as ours."""
+    from conftest import SHARED_DATA
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+
+    from model import load_model
+
+    corpus = sb.load_corpus(SHARED_DATA)[:80] if os.path.exists(SHARED_DATA) else \
+        sb.load_corpus(small_corpus(tmp_path, n=40))
+    m, tok = load_model(settings._packaged_minilm(), "cpu")
+    ir = InformationRetrievalEvaluator({p["id"]: p["title"] for p in corpus}, {p["id"]: p["abstract"] for p in corpus},
+                                       {p["id"]: {p["id"]} for p in corpus}, mrr_at_k=[10], accuracy_at_k=[1],
+                                       write_csv=False)(m)
+    theirs = {k.rsplit("_", 1)[-1]: v for k, v in ir.items() if k.endswith(("mrr@10", "accuracy@1"))}
+    emb = H.ModelEmbedder("minilm", m, tok, cfg_for(tmp_path, precision="fp32", device="cpu"))
+    ours = sb.task_title_abstract(emb.embed, corpus, emb.metric)
+    assert theirs["mrr@10"] == pytest.approx(ours["mrr_at_10"], abs=1e-9)
+    assert theirs["accuracy@1"] == pytest.approx(ours["accuracy_at_1"], abs=1e-9)
+
+
+def test_the_cache_never_keeps_a_bad_encode_and_overwrite_encodes_again(tmp_path, tiny_model_dir, monkeypatch):
+    from model import load_model
+
+    m, tok = load_model(tiny_model_dir, "cpu")
+    cfg = cfg_for(tmp_path, precision="fp32", device="cpu")
+    texts = ["one text", "another text"]
+    good = H.ModelEmbedder("tiny", m, tok, cfg).embed(texts)
+    cache = tmp_path / "cache"
+    (path,) = cache.glob("*.npy")
+    for bad in (np.zeros((0, 32), np.float32), np.full((2, 32), np.nan, np.float32)):  # nothing encoded; NaN
+        path.unlink(missing_ok=True)
+        monkeypatch.setattr(H, "encode", lambda *a, bad=bad, **k: bad)
+        with pytest.raises(H.ModelError, match="nothing cached"):
+            H.ModelEmbedder("tiny", m, tok, cfg).embed(texts)
+        assert not list(cache.glob("*.npy"))
+    monkeypatch.undo()
+    np.save(path, np.full((2, 32), np.inf, np.float32))  # a poisoned file: not used, replaced
+    np.testing.assert_array_equal(H.ModelEmbedder("tiny", m, tok, cfg).embed(texts), good)
+    np.save(path, np.zeros((2, 32), np.float32))  # a stale file of the right shape: --overwrite encodes again
+    emb = H.ModelEmbedder("tiny", m, tok, cfg)
+    emb.overwrite = True
+    np.testing.assert_array_equal(emb.embed(texts), good)
+    np.testing.assert_array_equal(np.load(path), good)
+    # the batch size and the scoring are part of the key: another batch size, another entry
+    H.ModelEmbedder("tiny", m, tok, cfg_for(tmp_path, precision="fp32", device="cpu", encode_batch_size=1)).embed(texts)
+    assert len(list(cache.glob("*.npy"))) == 2
+
+
+def test_a_damaged_or_non_object_results_file_is_named_and_scored_again(tmp_path, capsys):
+    corpus = small_corpus(tmp_path)
+    lexical_run(tmp_path, corpus)
+    path = tmp_path / "out" / "benchmark" / "corpus" / "TF-IDF_lexical.json"
+    for content, words in (("{not json", "damaged"), ("[1, 2]", "not a JSON object"), ('"text"', "not a JSON object")):
+        path.write_text(content)
+        capsys.readouterr()
+        r = lexical_run(tmp_path, corpus)["TF-IDF (lexical)"]
+        assert f"{path}: {words}" in capsys.readouterr().out
+        assert r["tasks"]["title_abstract"]["mean_rank"] == 1.0 and json.loads(path.read_text())["tasks"]
 
 
 def test_evaluate_model_semantics_entry_point(tmp_path, tiny_model_dir, monkeypatch, capsys):
@@ -213,10 +303,13 @@ def test_evaluate_model_semantics_entry_point(tmp_path, tiny_model_dir, monkeypa
     monkeypatch.setattr(settings, "queries_file", str(tmp_path / "none.jsonl"))
     m, tok = load_model(tiny_model_dir, "cpu")
     r = sb.evaluate_model_semantics(m, tok, output_processing="last_hidden", metric="cosine", corpus_file=corpus)
-    assert r["metric"] == "cosine" and r["pooling"] == "cls"
+    assert r["metric"] == "cosine" and r["scoring"]["pooling"] == "cls" and r["scoring"]["forced"]
     assert 1 <= r["tasks"]["title_abstract"]["mean_rank"] <= 12 and "clustering" in r["tasks"]
-    assert "| Model | Params |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| Model | Scored as | Params |" in out and "cls, cosine (forced), not normalized, 128 tokens" in out
     assert (tmp_path / "out" / "benchmark" / "corpus-cosine" / "map.png").exists()
+    r = sb.evaluate_model_semantics(m, tok, corpus_file=corpus)  # the model's own: Euclidean, its own folder
+    assert r["metric"] == "euclidean" and (tmp_path / "out" / "benchmark" / "corpus" / "map.png").exists()
     with pytest.raises(ValueError, match="output_processing"):
         sb.evaluate_model_semantics(m, tok, output_processing="pooler")
 
@@ -244,7 +337,7 @@ def test_scoring_memory_is_bounded_by_the_setting(monkeypatch):
 
 def test_tfidf_stays_sparse_and_ranks_as_dense(tmp_path):
     corpus = sb.load_corpus(small_corpus(tmp_path))
-    lex = sb.Lexical(corpus)
+    lex = H.TfidfEmbedder(corpus)
     t, a = lex.embed([p["title"] for p in corpus]), lex.embed([p["abstract"] for p in corpus])
     assert hasattr(t, "tocsr") and t.shape[0] == len(corpus)
     for metric in ("euclidean", "cosine"):
@@ -267,3 +360,24 @@ def test_one_sentence_abstracts_are_left_out_of_segments_and_counted(tmp_path):
     r = lexical_run(tmp_path, one)["TF-IDF (lexical)"]
     assert "abstract_segments" not in r["tasks"]
     assert r["skipped"]["abstract_segments"] == "fewer than 2 of 3 abstracts have 2 sentences"
+
+
+def test_baselines_score_the_base_encoder_like_the_trained_model(tmp_path, tiny_model_dir):
+    """--baselines: the untrained base takes the trained model's pooling and similarity (Perf.'s zero is
+    a like-for-like comparison); MiniLM is scored as shipped; an explicit --pooling reaches plain encoders only."""
+    from model import load_model, save_model
+
+    m, _ = load_model(tiny_model_dir, "cpu", pooling="mean", metric="cosine")
+    save_model(m, str(tmp_path / "out" / "SemCSE" / "best"))
+    corpus = small_corpus(tmp_path)
+    cfg = cfg_for(tmp_path, encoder_checkpoint=tiny_model_dir, device="cpu")
+    embs = {e.role: e for e in H.cli_embedders("", True, corpus, cfg)}
+    assert set(embs) == {"base", "trained", "lexical", "baseline"}
+    for role in ("base", "trained"):
+        assert (embs[role].scoring["pooling"], embs[role].metric) == ("mean", "cosine")
+    assert H.describe_scoring(embs["baseline"].scoring) == "mean, cosine, normalized, 256 tokens"
+    cfg = cfg_for(tmp_path, pooling="mean", metric="euclidean", device="cpu")
+    embs = list(H.cli_embedders(tiny_model_dir, True, corpus, cfg))  # the trained folder keeps its own pooling
+    assert [(e.role, e.scoring.get("pooling"), e.metric) for e in embs if e.role in ("model", "baseline")] == \
+        [("model", "mean", "euclidean"), ("baseline", "mean", "euclidean")]
+    assert all(e.scoring["forced"] for e in embs)

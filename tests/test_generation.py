@@ -17,6 +17,7 @@ from fake_openai_server import FakeOpenAIServer
 import generate_search_queries as gq
 import generate_train_summaries as gs
 import llm
+import llm_workers
 import settings
 import load_data as L
 from load_data import DataError, iter_jsonl, load_summaries
@@ -70,13 +71,13 @@ def test_summaries_end_to_end(server, tmp_path):
     out = cfg["generated_summaries_file"]
     recs = lines(out)
     example = json.dumps({"summaries": [f"summary {i}" for i in range(1, 5)]})
-    sha = gs.SUMMARY_PROMPT.sha256({"n": 4, "example": example})
+    sha = gs.SUMMARY_PROMPT.sha256({"n": 4, "min_words": gs.MIN_WORDS, "max_words": gs.MAX_WORDS, "example": example})
     assert [r["id"] for r in recs] == [f"p{i}" for i in range(6)]  # sorted, one line each
     for r in recs:
         assert len(r["summaries"]) == 4 and len(set(r["summaries"])) == 4
         assert r["model"] == "local-model" and r["served_model"] == "fake/local-model"
         assert r["server"] == server.base_url.split("//")[1].split("/")[0]
-        assert (r["prompt"], r["prompt_sha256"]) == ("train_summary/v1", sha)
+        assert (r["prompt"], r["prompt_sha256"]) == ("train_summary/v2", sha)
         assert r["sampling"] == {"temperature": 0.7, "top_p": 0.95, "max_tokens": 512}
         assert r["response_format"] == "json_object" and r["finish_reason"] == "stop" and r["attempts"] == 1
         assert r["usage"]["completion_tokens"] > 0 and r["seconds"] >= 0 and "status" not in r
@@ -103,9 +104,9 @@ def test_queries_end_to_end(server, tmp_path):
 
 
 def test_summary_validation():
-    paper = {"title": "t", "abstract": "An abstract that is long enough to be a summary."}
-    good = ["One summary of the whole work here.", "Another summary of the whole work."]
-    assert gs.parse_summaries({"summaries": good + ["A third one, not needed at all."]}, paper, 2) == good
+    paper = {"title": "A title", "abstract": "An abstract that is long enough to be a summary of something."}
+    good = ["One summary of the whole work here, in plain words.", "Another summary, with quite different wording of its own."]
+    assert gs.parse_summaries({"summaries": good + ["A third one, not needed at all here."]}, paper, 2) == good
     assert gs.parse_summaries({"summaries": [{"summary": good[0]}, {"text": good[1]}]}, paper, 2) == good
     for bad in ({"summaries": good[:1]}, {"summaries": [good[0], " " + good[0].upper()]}, {"summary": good},
                 {"summaries": [good[0], "too short"]}, {"summaries": [good[0], paper["abstract"]]},
@@ -141,7 +142,7 @@ def test_failures_are_retried_then_recorded(server, tmp_path):
     assert failed["p1"]["attempts"][0]["raw"].startswith("Sure! Here are")
     assert "empty content" in failed["p2"]["reason"]
     assert "HTTP 500" in failed["p5"]["reason"] and "summaries" not in failed["p5"]
-    assert "distinct summaries" in failed["p7"]["reason"]
+    assert "nearly the same as summary 1" in failed["p7"]["reason"]
     assert "llm_max_tokens" in failed["p8"]["reason"] and failed["p8"]["attempts"][0]["finish_reason"] == "length"
     # content retries: 1 + llm_retries requests; HTTP errors: 1 + llm_http_retries (the client's)
     seen = server.snapshot()["seen"]
@@ -400,7 +401,7 @@ def test_papers_are_drawn_from_the_stream_only_as_workers_free_up():
         return i
 
     with ThreadPoolExecutor(max_workers=3) as pool:
-        got = sorted(f.result() for f in llm._completed(pool, work, stream(), window=6))
+        got = sorted(f.result() for f in llm_workers.completed(pool, work, stream(), window=6))
     assert got == list(range(200)) and most[0] <= 6
 
 

