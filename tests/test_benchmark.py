@@ -376,8 +376,8 @@ def test_baselines_score_the_base_encoder_like_the_trained_model(tmp_path, tiny_
     for role in ("base", "trained"):
         assert (embs[role].scoring["pooling"], embs[role].metric) == ("mean", "cosine")
     assert H.describe_scoring(embs["baseline"].scoring) == "mean, cosine, normalized, 256 tokens"
-    cfg = cfg_for(tmp_path, pooling="mean", metric="euclidean", device="cpu")
+    cfg = cfg_for(tmp_path, pooling="cls", metric="euclidean", device="cpu")
     embs = list(H.cli_embedders(tiny_model_dir, True, corpus, cfg))  # the trained folder keeps its own pooling
-    assert [(e.role, e.scoring.get("pooling"), e.metric) for e in embs if e.role in ("model", "baseline")] == \
-        [("model", "mean", "euclidean"), ("baseline", "mean", "euclidean")]
+    assert [(e.role, e.scoring["pooling"], e.metric) for e in embs if e.role in ("model", "trained")] == \
+        [("model", "cls", "euclidean"), ("trained", "mean", "euclidean")]
     assert all(e.scoring["forced"] for e in embs)

@@ -62,12 +62,14 @@ def test_resume_gives_the_same_state_as_an_uninterrupted_run(tmp_path, tiny_mode
 
 
 def test_training_lowers_the_validation_rank_and_keeps_the_best(tmp_path):
-    # The embedded default for real: packaged MiniLM on the ACLSum summaries, a few steps.
+    # The embedded default for real: packaged MiniLM on the ACLSum summaries, a few steps. The paper's
+    # setting (CLS, Euclidean) leaves room to improve; MiniLM's own mean+cosine starts near 1.5 already.
     import load_data
 
     paths = load_data.ensure_default_data(str(tmp_path / "data"))
     best = run(tmp_path, "learn", settings._packaged_minilm(), paths["train_summaries"], batch_size=32,
-               validation_size=50, max_steps=10, eval_every=5, learning_rate=5e-5, precision="bf16")
+               validation_size=50, max_steps=10, eval_every=5, learning_rate=5e-5, precision="bf16",
+               metric="euclidean", pooling="cls")
     log = log_of(tmp_path, "learn")
     initial, later = log[0]["val_mean_rank"], [r["val_mean_rank"] for r in log[1:]]
     assert min(later) < initial - 0.2
