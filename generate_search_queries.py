@@ -11,8 +11,18 @@ The paper's queries were written by Mistral-Small 3.1 (prompt not published); th
 from __future__ import annotations
 
 import re
+
 import settings
+from settings import Config
 from llm import InvalidOutput, Prompt, clean_text, command_line, generate
+
+
+def generate_queries(cfg: Config | None = None, limit: int = 0, dry_run: bool = False) -> dict:
+    """One search query for every paper of cfg's query_corpus_file into its queries_file."""
+    cfg = settings.resolved() if cfg is None else cfg
+    return generate("queries", QUERY_PROMPT, "query", parse_query, cfg.query_corpus_file, cfg.queries_file,
+                    cfg, limit=limit, dry_run=dry_run, out_setting="queries_file")
+
 
 QUERY_PROMPT = Prompt(
     name="search_query",
@@ -32,13 +42,6 @@ Abstract: $abstract""",
 )
 
 MIN_WORDS, MAX_WORDS = 2, 30  # wider than the prompt's 4-15: reject only what is not a query at all
-
-
-def generate_queries(cfg: dict | None = None, limit: int = 0, dry_run: bool = False) -> dict:
-    """One search query for every paper of cfg's query_corpus_file into its queries_file."""
-    cfg = settings.resolved() if cfg is None else cfg
-    return generate("queries", QUERY_PROMPT, "query", parse_query, cfg["query_corpus_file"], cfg["queries_file"],
-                    cfg, limit=limit, dry_run=dry_run, out_setting="queries_file")
 
 
 def parse_query(obj: dict, paper: dict) -> str:

@@ -29,7 +29,8 @@ import re
 import sys
 
 import settings
-from llm import GenerationError, InvalidOutput, Prompt, clean_text, command_line, generate
+from settings import Config
+from llm import InvalidOutput, Prompt, clean_text, command_line, generate
 from load_data import iter_corpus, iter_records, split_sentences
 
 MIN_WORDS, MAX_WORDS = 8, 60  # one or two sentences: shorter is a fragment, longer a second abstract
@@ -65,16 +66,14 @@ Abstract: $abstract""",
 )
 
 
-def generate_summaries(cfg: dict | None = None, limit: int = 0, dry_run: bool = False) -> dict:
+def generate_summaries(cfg: Config | None = None, limit: int = 0, dry_run: bool = False) -> dict:
     """Summaries for every paper of cfg's generation_corpus_file into its generated_summaries_file."""
     cfg = settings.resolved() if cfg is None else cfg
-    n = cfg["summaries_per_abstract"]
-    if n < 2:
-        raise GenerationError(f"setting 'summaries_per_abstract' must be >= 2 (a training pair takes two), got {n}")
+    n = cfg.summaries_per_abstract  # at least 2, a training pair (settings.py; llm.check_settings)
     values = {"n": n, "min_words": MIN_WORDS, "max_words": MAX_WORDS,
               "example": json.dumps({"summaries": [f"summary {i + 1}" for i in range(n)]})}
     return generate("summaries", SUMMARY_PROMPT, "summaries", lambda obj, paper: parse_summaries(obj, paper, n),
-                    cfg["generation_corpus_file"], cfg["generated_summaries_file"], cfg, values=values,
+                    cfg.generation_corpus_file, cfg.generated_summaries_file, cfg, values=values,
                     limit=limit, dry_run=dry_run, out_setting="generated_summaries_file")
 
 
@@ -191,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     def run(dry_run: bool, limit: int, quality_of: str) -> None:
         if quality_of:
             cfg = settings.resolved()
-            print(quality_table(quality(quality_of, cfg["generation_corpus_file"]), quality_of))
+            print(quality_table(quality(quality_of, cfg.generation_corpus_file), quality_of))
         else:
             generate_summaries(limit=limit, dry_run=dry_run)
     command_line(lambda quality="", **flags: run(quality_of=quality, **flags), argv, flags={"quality": ""})

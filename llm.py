@@ -31,6 +31,7 @@ import openai
 from tqdm import tqdm
 
 import settings
+from settings import Config
 from llm_client import (GenerationError, apply_environment, check_settings, command_line,  # noqa: F401
                         make_client, public_url, redact, server_host)
 from llm_files import check_own_file, compact, compact_failures, done_ids, save_run_settings, sibling
@@ -93,7 +94,7 @@ class Prompt:
 
 
 def generate(kind: str, prompt: Prompt, field: str, parse: Callable[[dict, dict], Any], corpus_file: str,
-             out_file: str, cfg: dict, values: dict | None = None, limit: int = 0, dry_run: bool = False,
+             out_file: str, cfg: Config, values: dict | None = None, limit: int = 0, dry_run: bool = False,
              out_setting: str = "output file") -> dict:
     """Generate `field` for every paper of `corpus_file` into `out_file` (the setting `out_setting`, named
     in errors); returns the run's stats.
@@ -132,7 +133,7 @@ def generate(kind: str, prompt: Prompt, field: str, parse: Callable[[dict, dict]
     repair_tail(out_file)  # under the lock: the tail of a file that another run is writing is not ours to cut
     repair_tail(failures_file)
     prompt_sha = prompt.sha256(values)
-    done = done_ids(out_file, cfg["llm_model"], prompt_sha)
+    done = done_ids(out_file, cfg.llm_model, prompt_sha)
     stats = {"kind": kind, "done": 0, "failed": 0, "skipped": sum(i in done for i in ids), "papers": len(ids)}
     stop = threading.Event()
     with StopOnCtrlC(stop) as ctrl_c:  # also while compacting: a second Ctrl-C must not cut it short
@@ -142,10 +143,10 @@ def generate(kind: str, prompt: Prompt, field: str, parse: Callable[[dict, dict]
         except KeyboardInterrupt:  # raised by other code than our SIGINT handler (e.g. off the main thread)
             ctrl_c.fired, fatal = True, None
         finally:  # also on an unexpected error: what is written stays, compacted
-            kept = compact(out_file, field, cfg["llm_model"], prompt_sha)
-            compact_failures(failures_file, done_ids(out_file, cfg["llm_model"], prompt_sha))
+            kept = compact(out_file, field, cfg.llm_model, prompt_sha)
+            compact_failures(failures_file, done_ids(out_file, cfg.llm_model, prompt_sha))
             out.close()  # releases the lock
-            save_run_settings(out_file, cfg, prompt, prompt_sha, stats, public_url(cfg["llm_base_url"]))
+            save_run_settings(out_file, cfg, prompt, prompt_sha, stats, public_url(cfg.llm_base_url))
     interrupted = ctrl_c.fired
     print(f"{out_file}: {stats['done']} done, {stats['failed']} failed, {stats['skipped']} skipped "
           f"in {stats['seconds']}s ({stats['papers_per_minute']} papers/min); {len(kept)} papers in file"
@@ -162,13 +163,13 @@ def _run(kind: str, caller: "Caller", stats: dict, todo: Iterator[dict], out: An
     """The loop of generate: papers to the workers, their records to the files as they finish, until
     done, a fatal error (returned) or `stop`. Fills `stats`."""
     cfg = caller.cfg
-    pool = DaemonPool(cfg["llm_concurrency"])
+    pool = DaemonPool(cfg.llm_concurrency)
     bar = tqdm(total=stats["papers"], initial=stats["skipped"], desc=kind, unit="paper", dynamic_ncols=True)
     bar.set_postfix(done=0, failed=0, skipped=stats["skipped"])
     start, fatal = time.time(), None
     try:
         with open(failures_file, "a", encoding="utf-8") as failed:
-            for fut in completed(pool, caller, todo, window=2 * cfg["llm_concurrency"], stop=stop):
+            for fut in completed(pool, caller, todo, window=2 * cfg.llm_concurrency, stop=stop):
                 try:
                     record = fut.result()
                 except FatalServerError as e:
@@ -199,12 +200,12 @@ class Caller:
     """Called from worker threads with one paper; returns a record with status "ok" or "failed", or None
     once `stop` is set (checked before every attempt, so a stopped run sends nothing more)."""
 
-    def __init__(self, cfg: dict, prompt: Prompt, prompt_sha: str, field: str, parse: Callable[[dict, dict], Any],
+    def __init__(self, cfg: Config, prompt: Prompt, prompt_sha: str, field: str, parse: Callable[[dict, dict], Any],
                  values: dict, stop: threading.Event | None = None):
         self.cfg, self.prompt, self.prompt_sha, self.field = cfg, prompt, prompt_sha, field
         self.parse, self.values, self.stop = parse, values, stop or threading.Event()
         self.client = make_client(cfg)
-        self.json_mode = cfg["llm_response_format"] != "none"  # "auto" turns it off if the server says no
+        self.json_mode = cfg.llm_response_format != "none"  # "auto" turns it off if the server says no
         self.lock = threading.Lock()
 
     def __call__(self, paper: dict) -> dict | None:
@@ -213,7 +214,7 @@ class Caller:
         tries: list[dict] = []
         usage = {"prompt_tokens": 0, "completion_tokens": 0}
         best: dict = {}  # the attempt with the most usable output, kept if none is all good
-        for attempt in range(1, cfg["llm_retries"] + 2):
+        for attempt in range(1, cfg.llm_retries + 2):
             if self.stop.is_set():
                 return None
             try:
@@ -247,9 +248,9 @@ class Caller:
 
     def _request_failed(self, paper: dict, start: float, e: openai.OpenAIError, tries: list[dict]) -> dict:
         """The record of a request that failed after the client's own retries, or FatalServerError."""
-        cfg, host = self.cfg, server_host(self.cfg["llm_base_url"])
+        cfg, host = self.cfg, server_host(self.cfg.llm_base_url)
         if isinstance(e, openai.APITimeoutError):
-            reason = f"timeout after {cfg['llm_timeout']}s and {cfg['llm_http_retries']} client retries"
+            reason = f"timeout after {cfg.llm_timeout}s and {cfg.llm_http_retries} client retries"
         elif isinstance(e, openai.APIConnectionError):
             if not _cut_mid_answer(e):
                 raise FatalServerError(f"cannot reach {host} (setting llm_base_url / OPENAI_BASE_URL): {e}") from None
@@ -260,9 +261,9 @@ class Caller:
                                        f"only to llm_base_url (set it to the address the server redirects to, "
                                        f"if you trust it)") from None
             if e.status_code in (401, 403, 404):
-                raise FatalServerError(f"{host} answered HTTP {e.status_code} for model '{cfg['llm_model']}' (check "
+                raise FatalServerError(f"{host} answered HTTP {e.status_code} for model '{cfg.llm_model}' (check "
                                        f"llm_model / llm_base_url / OPENAI_API_KEY): {_short(e.message)}") from None
-            reason = f"HTTP {e.status_code} after {cfg['llm_http_retries']} client retries: {_short(e.message)}"
+            reason = f"HTTP {e.status_code} after {cfg.llm_http_retries} client retries: {_short(e.message)}"
         else:
             reason = f"{type(e).__name__}: {_short(str(e))}"
         return self._record(paper, start, "failed", attempts=tries, reason=reason)
@@ -272,7 +273,7 @@ class Caller:
         try:
             return self.client.chat.completions.create(**request_body(cfg, messages, json_mode)), json_mode
         except (openai.BadRequestError, openai.UnprocessableEntityError) as e:
-            if not json_mode or cfg["llm_response_format"] != "auto":
+            if not json_mode or cfg.llm_response_format != "auto":
                 raise
             # Maybe the server does not know response_format: if the same request without it goes
             # through, stop sending it (our prompts ask for JSON anyway, and we validate).
@@ -289,11 +290,11 @@ class Caller:
         record = {"id": paper["id"], "status": status}
         if status == "ok":
             record[self.field] = value
-        record.update(model=cfg["llm_model"], served_model=info.pop("served_model", None),
-                      server=server_host(cfg["llm_base_url"]), prompt=self.prompt.id,
+        record.update(model=cfg.llm_model, served_model=info.pop("served_model", None),
+                      server=server_host(cfg.llm_base_url), prompt=self.prompt.id,
                       prompt_sha256=self.prompt_sha,
-                      sampling={"temperature": cfg["llm_temperature"], "top_p": cfg["llm_top_p"],
-                                "max_tokens": cfg["llm_max_tokens"]},
+                      sampling={"temperature": cfg.llm_temperature, "top_p": cfg.llm_top_p,
+                                "max_tokens": cfg.llm_max_tokens},
                       response_format="json_object" if info.pop("json_mode", False) else None)
         record.update(info)
         record.update(seconds=round(time.time() - start, 2),
@@ -366,16 +367,16 @@ def _short(text: str, n: int = 300) -> str:
     return text if len(text) <= n else text[:n] + "..."
 
 
-def request_body(cfg: dict, messages: list[dict], json_mode: bool) -> dict:
+def request_body(cfg: Config, messages: list[dict], json_mode: bool) -> dict:
     """The chat completion request, as sent (the key goes in a header, never here)."""
-    body = dict(model=cfg["llm_model"], messages=messages, temperature=cfg["llm_temperature"],
-                top_p=cfg["llm_top_p"], max_tokens=cfg["llm_max_tokens"])
+    body = dict(model=cfg.llm_model, messages=messages, temperature=cfg.llm_temperature,
+                top_p=cfg.llm_top_p, max_tokens=cfg.llm_max_tokens)
     if json_mode:
         body["response_format"] = {"type": "json_object"}
     return body
 
 
-def _dry_run_request(cfg: dict, prompt: Prompt, paper: dict, values: dict) -> dict:
-    body = request_body(cfg, prompt.messages(paper, **values), cfg["llm_response_format"] != "none")
-    return {"POST": public_url(cfg["llm_base_url"]).rstrip("/") + "/chat/completions", "paper": paper["id"],
+def _dry_run_request(cfg: Config, prompt: Prompt, paper: dict, values: dict) -> dict:
+    body = request_body(cfg, prompt.messages(paper, **values), cfg.llm_response_format != "none")
+    return {"POST": public_url(cfg.llm_base_url).rstrip("/") + "/chat/completions", "paper": paper["id"],
             "prompt": prompt.id, "prompt_sha256": prompt.sha256(values), "body": body}

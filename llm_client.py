@@ -9,19 +9,21 @@ from urllib.parse import urlsplit, urlunsplit
 
 import openai
 
+import cli
 import settings
+from settings import Config, SettingsError
 
 NO_KEY = "no-key"  # local servers need no key, but the openai client refuses to start without one
 
 
 class GenerationError(settings.UserError, ValueError):
     """A run that cannot start or go on; the message names the setting, file or server. A UserError,
-    so settings.cli prints it as one line `error: ...` (exit code 2)."""
+    so cli.cli prints it as one line `error: ...` (exit code 2)."""
 
 
 
 def apply_environment(environ: dict | None = None) -> None:
-    """OPENAI_BASE_URL / OPENAI_API_KEY override settings.py. Call before settings.parse_command_line,
+    """OPENAI_BASE_URL / OPENAI_API_KEY override settings.py. Call before cli.parse_command_line,
     so that the command line wins over both: command line > environment > settings.py."""
     environ = os.environ if environ is None else environ
     for var, key in (("OPENAI_BASE_URL", "llm_base_url"), ("OPENAI_API_KEY", "llm_api_key")):
@@ -31,7 +33,7 @@ def apply_environment(environ: dict | None = None) -> None:
 
 def command_line(run: Callable[..., Any], argv: list[str] | None = None, flags: dict | None = None) -> None:
     """A generator script's command line: environment, then --key=value overrides and the script's own
-    flags (--dry-run, --limit=N and `flags`), passed to run(**flags); settings.cli's error policy
+    flags (--dry-run, --limit=N and `flags`), passed to run(**flags); cli.cli's error policy
     (one line, exit code 2; --debug for the traceback)."""
     apply_environment()  # before the command line, which wins over the environment
 
@@ -43,16 +45,16 @@ def command_line(run: Callable[..., Any], argv: list[str] | None = None, flags: 
             # further Ctrl-C would only turn that into a traceback.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             raise
-    settings.cli(main, flags={"dry_run": False, "limit": 0, **(flags or {})}, argv=argv)
+    cli.cli(main, flags={"dry_run": False, "limit": 0, **(flags or {})}, argv=argv)
 
 
-def make_client(cfg: dict) -> openai.OpenAI:
+def make_client(cfg: Config) -> openai.OpenAI:
     """The openai client: it retries connection errors, timeouts, 408/409/429 and 5xx itself
     (exponential backoff, honouring Retry-After) `llm_http_retries` times."""
     # Redirects are not followed (the client would by default, resending the paper to wherever the
     # server points): data goes only to llm_base_url, and a redirect stops the run (Caller).
-    return openai.OpenAI(base_url=cfg["llm_base_url"], api_key=cfg["llm_api_key"] or NO_KEY,
-                         max_retries=cfg["llm_http_retries"], timeout=cfg["llm_timeout"],
+    return openai.OpenAI(base_url=cfg.llm_base_url, api_key=cfg.llm_api_key or NO_KEY,
+                         max_retries=cfg.llm_http_retries, timeout=cfg.llm_timeout,
                          http_client=openai.DefaultHttpxClient(follow_redirects=False))
 
 
@@ -64,12 +66,12 @@ def server_host(url: str) -> str:
     return f"{host}:{parts.port}" if parts.port else host
 
 
-def redact(text: str, cfg: dict) -> str:
+def redact(text: str, cfg: Config) -> str:
     """Remove the key (and a base URL's credentials) from any text we print or store."""
-    key = cfg.get("llm_api_key") or ""
+    key = cfg.llm_api_key
     if len(key) >= 4:
         text = text.replace(key, "***")
-    parts = urlsplit(cfg.get("llm_base_url", ""))
+    parts = urlsplit(cfg.llm_base_url)
     if parts.password:
         text = text.replace(parts.password, "***")
     return text
@@ -81,13 +83,12 @@ def public_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=server_host(url))) if parts.username or parts.password else url
 
 
-def check_settings(cfg: dict) -> None:
-    """The generation settings that settings.py cannot check alone; GenerationError naming the setting."""
-    for key, low in (("llm_concurrency", 1), ("llm_retries", 0), ("llm_http_retries", 0), ("llm_max_tokens", 1)):
-        if cfg[key] < low:
-            raise GenerationError(f"setting '{key}' must be >= {low}, got {cfg[key]}")
-    if cfg["llm_response_format"] not in ("auto", "json_object", "none"):
-        raise GenerationError(f"setting 'llm_response_format' must be auto, json_object or none, "
-                         f"got '{cfg['llm_response_format']}'")
-    if not urlsplit(cfg["llm_base_url"]).hostname:
-        raise GenerationError(f"setting 'llm_base_url' is not a URL: '{public_url(cfg['llm_base_url'])}'")
+def check_settings(cfg: Config) -> None:
+    """Every setting in its range (settings.py holds the ranges; a Config built with dataclasses.replace
+    skips them) and a base URL with a host; GenerationError naming the setting."""
+    try:
+        settings.check(cfg)
+    except SettingsError as e:
+        raise GenerationError(str(e)) from None
+    if not urlsplit(cfg.llm_base_url).hostname:
+        raise GenerationError(f"setting 'llm_base_url' is not a URL: '{public_url(cfg.llm_base_url)}'")

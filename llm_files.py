@@ -17,7 +17,9 @@ import sys
 from datetime import datetime, timezone
 from typing import Any
 
+import files
 import settings
+from settings import Config
 from load_data import DataError, iter_records, keep_lines
 
 # Every line a generator writes carries these (llm.Caller._record); a file of papers or of human
@@ -87,7 +89,7 @@ def compact_failures(path: str, succeeded: set[str]) -> None:
         os.remove(path)
 
 
-def save_run_settings(out_file: str, cfg: dict, prompt: Any, prompt_sha: str, stats: dict,
+def save_run_settings(out_file: str, cfg: Config, prompt: Any, prompt_sha: str, stats: dict,
                       public_url: str) -> str:
     """NAME.settings.json next to the output: the last run's resolved settings (settings.public_settings
     drops the key), its prompt template with id and hash, and the stats of every run so far."""
@@ -99,8 +101,8 @@ def save_run_settings(out_file: str, cfg: dict, prompt: Any, prompt_sha: str, st
         except (ValueError, AttributeError):
             print(f"warning: {target}: not readable JSON; starting its run history anew", file=sys.stderr)
     runs.append(dict(stats, finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                     model=cfg["llm_model"], prompt_sha256=prompt_sha, temperature=cfg["llm_temperature"]))
+                     model=cfg.llm_model, prompt_sha256=prompt_sha, temperature=cfg.llm_temperature))
     public = settings.public_settings(cfg, llm_base_url=public_url,
                                       prompt={"id": prompt.id, "sha256": prompt_sha, "system": prompt.system,
                                               "user": prompt.user, "retry": prompt.retry}, runs=runs)
-    return settings.write_json_atomic(target, public, indent=2, sort_keys=True)
+    return files.write_json_atomic(target, public, indent=2, sort_keys=True)

@@ -7,7 +7,7 @@ Formats (JSON Lines, UTF-8, one object a line, in `data/`):
 - queries file:   {"id": str, "query": str, ...provenance}   (read by semantic_benchmark.py)
 
 Files are read as streams, one line at a time (a line over MAX_LINE_BYTES is refused): memory holds
-what a caller keeps, not the file. Whole files are written through settings.atomic_write (temporary
+what a caller keeps, not the file. Whole files are written through files.atomic_write (temporary
 file, fsync, rename); appends are one flushed and synced line per record, and repair_tail drops the
 half line a killed writer leaves.
 
@@ -25,6 +25,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from itertools import combinations
 from typing import IO, Any
 
+import cli
+import files
 import settings
 
 
@@ -32,7 +34,7 @@ class DataError(settings.UserError, ValueError):
     """Bad input data; the message names the file and line."""
 
 
-def ensure_default_data(data_dir: str | None = None, overwrite: bool = False) -> dict[str, str]:
+def ensure_default_data(data_dir: str, overwrite: bool = False) -> dict[str, str]:
     """Build the embedded default data from the installed `aclsum` package, once.
 
     ACLSum (Takeshita et al., NAACL 2024) ships 250 ACL papers, split train/val/test 100/50/100,
@@ -42,7 +44,6 @@ def ensure_default_data(data_dir: str | None = None, overwrite: bool = False) ->
       benchmark_corpus.jsonl                     : the 100 test papers, never trained on
     Returns the paths. Existing files are kept unless `overwrite`.
     """
-    data_dir = data_dir or settings.data_dir
     paths = {
         "train_corpus": os.path.join(data_dir, "train_corpus.jsonl"),
         "train_summaries": os.path.join(data_dir, "train_summaries.jsonl"),
@@ -247,9 +248,9 @@ def load_summaries(path: str, min_summaries: int = 2) -> Summaries:
 
 
 def write_jsonl_atomic(path: str, records: Iterable[dict]) -> None:
-    """Write records (any iterable, consumed as it is written) through settings.atomic_write: the old
+    """Write records (any iterable, consumed as it is written) through files.atomic_write: the old
     file or the new one, never half."""
-    with settings.atomic_write(path) as f:
+    with files.atomic_write(path) as f:
         for r in records:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
@@ -293,7 +294,7 @@ def repair_tail(path: str) -> None:
 def keep_lines(path: str, keep: dict[str, int]) -> None:
     """Rewrite `path` atomically with only the lines `keep` names ({id: byte offset}, from iter_records),
     sorted by id. Lines are copied as bytes: memory holds the ids, not the file."""
-    with open(path, "rb") as src, settings.atomic_write(path, "wb") as dst:
+    with open(path, "rb") as src, files.atomic_write(path, "wb") as dst:
         for pid in sorted(keep):
             src.seek(keep[pid])
             dst.write(src.readline(MAX_LINE_BYTES + 1).rstrip(b"\r\n") + b"\n")
@@ -389,9 +390,9 @@ def split_halves(text: str) -> tuple[str, str] | None:
 
 
 def _main(overwrite: bool = False) -> None:
-    for name, p in ensure_default_data(overwrite=overwrite).items():
+    for name, p in ensure_default_data(settings.resolved().data_dir, overwrite=overwrite).items():
         print(f"{name}: {p}")
 
 
 if __name__ == "__main__":
-    settings.cli(_main, flags={"overwrite": False})
+    cli.cli(_main, flags={"overwrite": False})

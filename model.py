@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download at run time (settings.offline=False lifts it)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np
@@ -29,7 +28,7 @@ from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 import settings
-from settings import SettingsError
+from settings import Config, SettingsError
 from similarity import METRICS, block_rows, partner_ranks, similarity, similarity_blocks  # noqa: F401 -- re-exported
 
 hf_logging.disable_progress_bar()
@@ -45,22 +44,24 @@ class ModelError(settings.UserError, ValueError):
     """A model that cannot be loaded or used; the message names the path or name."""
 
 
-def load_model(name_or_path: str | None = None, device: str | None = None, pooling: str = "auto",
-               metric: str = "auto") -> tuple[SentenceTransformer, PreTrainedTokenizerBase]:
+def load_model(name_or_path: str, device: str = "auto", pooling: str = "auto", metric: str = "auto", *,
+               offline: bool = True, trust_remote_code: bool = False
+               ) -> tuple[SentenceTransformer, PreTrainedTokenizerBase]:
     """(model, tokenizer): a sentence-transformers pipeline in eval mode on `device`.
 
     A sentence-transformers folder keeps its modules, max_seq_length and similarity; a plain encoder
     gets Transformer + Pooling. `pooling` / `metric` other than "auto" replace the model's own.
+    `offline` (the setting): a Hugging Face name is looked up only in the local cache, never downloaded.
     """
-    label = str(name_or_path or settings.encoder_checkpoint)
-    folder = _local_folder(label)
+    label = str(name_or_path)
+    folder = _local_folder(label, offline)
     modules = _module_list(folder, label)
     encoder_dir = os.path.join(folder, modules[0]["path"]) if modules else folder
-    encoder = _load_encoder(encoder_dir, label)
+    encoder = _load_encoder(encoder_dir, label, trust_remote_code)
     _check_tokenizer_files(encoder_dir, label)
     with _reusing(encoder):  # the Transformer module takes the encoder we loaded and checked
         if modules:
-            model = _load_modules(folder, label)
+            model = _load_modules(folder, label, trust_remote_code)
         else:
             transformer = Transformer(encoder_dir, max_seq_length=min(_position_limit(encoder), 512))
             pooler = Pooling(transformer.get_embedding_dimension(), pooling_mode="cls")
@@ -80,15 +81,20 @@ def load_model(name_or_path: str | None = None, device: str | None = None, pooli
 def save_model(model: SentenceTransformer, path: str, training_state: dict | None = None) -> str:
     """Save as a sentence-transformers folder: every module, max_seq_length and similarity_fn_name.
 
-    Written into `path.tmp` and then swapped in, so a crash leaves the old folder or the new one.
+    Written into `path.tmp` (removed again on an error) and then swapped in, so a crash leaves the old
+    folder or the new one.
     `training_state` (optimizer, scheduler, step, RNG) is saved with it as training_state.pt.
     """
     tmp, old = path.rstrip("/") + ".tmp", path.rstrip("/") + ".old"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save(tmp, create_model_card=False)
-    if training_state is not None:  # inside the same swap, so weights and state always match
-        torch.save(training_state, os.path.join(tmp, "training_state.pt"))
-    _fsync_tree(tmp)  # on disk before the swap: a power cut cannot leave a new folder of empty files
+    try:
+        model.save(tmp, create_model_card=False)
+        if training_state is not None:  # inside the same swap, so weights and state always match
+            torch.save(training_state, os.path.join(tmp, "training_state.pt"))
+        _fsync_tree(tmp)  # on disk before the swap: a power cut cannot leave a new folder of empty files
+    except BaseException:  # a full disk, Ctrl-C: no half-written copy stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if os.path.exists(path):
         shutil.rmtree(old, ignore_errors=True)
         os.replace(path, old)
@@ -97,17 +103,17 @@ def save_model(model: SentenceTransformer, path: str, training_state: dict | Non
     return path
 
 
-def resolve_model_settings(cfg: dict, model: SentenceTransformer | str) -> dict:
+def resolve_model_settings(cfg: Config, model: SentenceTransformer | str) -> Config:
     """`cfg` with pooling and metric "auto" replaced by the model's own (a loaded model, or a folder or
     name, read from its files without loading weights): what training builds and saves."""
-    if cfg["pooling"] != "auto" and cfg["metric"] != "auto":
+    if cfg.pooling != "auto" and cfg.metric != "auto":
         return cfg
     if isinstance(model, str):
-        own = _saved_scoring(model)
+        own = _saved_scoring(model, cfg.offline)
     else:
         model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
         own = {"pooling": pooling_of(model), "metric": model.similarity_fn_name}
-    return {**cfg, **{k: own[k] for k in ("pooling", "metric") if cfg[k] == "auto"}}
+    return cfg.replace(**{k: own[k] for k in ("pooling", "metric") if getattr(cfg, k) == "auto"})
 
 
 def scoring_of(model: SentenceTransformer, max_length: int | None = None) -> dict:
@@ -154,7 +160,7 @@ def recover_interrupted_save(path: str) -> None:
 
 def short_name(path: str) -> str:
     """A model's name for tables: the packaged MiniLM by its name, a folder by its last two parts."""
-    if os.path.abspath(path) == os.path.abspath(settings._packaged_minilm()):
+    if os.path.abspath(path) == os.path.abspath(settings.packaged_minilm()):
         return "all-MiniLM-L6-v2"
     parts = os.path.normpath(path).split(os.sep)
     return "/".join(parts[-2:]) if os.path.isdir(path) else path
@@ -184,7 +190,7 @@ def embed(model: SentenceTransformer, batch: dict[str, torch.Tensor], pooling: s
 
 @torch.inference_mode()
 def encode(model: SentenceTransformer, tokenizer: PreTrainedTokenizerBase, texts: list[str], batch_size: int = 64,
-           max_length: int | None = None, precision: str | None = None, show_progress: bool | None = None
+           max_length: int | None = None, precision: str = "auto", show_progress: bool | None = None
            ) -> np.ndarray:
     """Embed texts through all the model's modules: float32 array [len(texts), dim], in input order.
 
@@ -214,8 +220,7 @@ def encode(model: SentenceTransformer, tokenizer: PreTrainedTokenizerBase, texts
     return out
 
 
-def resolve_device(device: str | None = None) -> torch.device:
-    device = device or settings.device
+def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and (torch.device(device).index or 0) >= torch.cuda.device_count():
@@ -226,9 +231,8 @@ def resolve_device(device: str | None = None) -> torch.device:
     return torch.device(device)
 
 
-def autocast(device: torch.device, precision: str | None = None) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
     """Mixed precision for forward passes: bf16 where supported ('auto'), fp16 on CUDA, or none."""
-    precision = precision or settings.precision
     if precision == "auto":
         precision = "bf16" if device.type == "cpu" or torch.cuda.is_bf16_supported() else "fp16"
     if precision == "fp32":
@@ -243,20 +247,18 @@ def autocast(device: torch.device, precision: str | None = None) -> contextlib.A
 # Loading: find the folder, check what is in it, load the encoder once
 
 
-def _local_folder(name: str) -> str:
+def _local_folder(name: str, offline: bool) -> str:
     """A local folder, or a Hugging Face name resolved to its folder in the cache (downloaded only
-    when settings.offline is False)."""
+    when `offline` is False: local_files_only per call, so the setting holds for this call alone)."""
     recover_interrupted_save(name)
     if os.path.isdir(name):
         return name
     if os.path.exists(name):
         raise ModelError(f"{name}: is a file, not a model folder")
-    if settings.offline:
-        os.environ["HF_HUB_OFFLINE"] = "1"
     try:
         from huggingface_hub import snapshot_download
 
-        return snapshot_download(name, local_files_only=settings.offline,
+        return snapshot_download(name, local_files_only=offline,
                                  ignore_patterns=["onnx/*", "openvino/*", "*.onnx", "*.h5", "*.msgpack", "*.ot"])
     except Exception:  # noqa: BLE001 -- not cached, bad repo id, no network: one answer
         raise ModelError(
@@ -281,14 +283,14 @@ def _module_list(folder: str, label: str) -> list[dict] | None:
     return modules
 
 
-def _load_encoder(folder: str, label: str) -> PreTrainedModel:
+def _load_encoder(folder: str, label: str, trust_remote_code: bool) -> PreTrainedModel:
     """The Hugging Face encoder of `folder`, refusing what would load "successfully" but wrongly."""
     files = os.listdir(folder) if os.path.isdir(folder) else []
     if not any(f.endswith((".safetensors", ".bin")) for f in files):
         raise ModelError(f"{label}: model folder has no weights (*.safetensors or *.bin)")
     if "config.json" not in files:
         raise ModelError(f"{label}: model folder has no config.json")
-    kwargs = dict(local_files_only=True, trust_remote_code=settings.trust_remote_code)
+    kwargs = dict(local_files_only=True, trust_remote_code=trust_remote_code)
     if any(f.endswith(".safetensors") for f in files):
         kwargs["use_safetensors"] = True  # never unpickle a .bin beside them
     try:
@@ -311,11 +313,11 @@ def _load_encoder(folder: str, label: str) -> PreTrainedModel:
     return model.eval()
 
 
-def _load_modules(folder: str, label: str) -> SentenceTransformer:
+def _load_modules(folder: str, label: str, trust_remote_code: bool) -> SentenceTransformer:
     """All the modules of a sentence-transformers folder (Pooling, Dense, Normalize, ...)."""
     try:
         return SentenceTransformer(folder, device="cpu", local_files_only=True,
-                                   trust_remote_code=settings.trust_remote_code)
+                                   trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001 -- a damaged module folder fails in many ways
         raise ModelError(f"{label}: cannot load its sentence-transformers modules ({type(e).__name__}: "
                          f"{(str(e).strip().splitlines() or [''])[0]})") from None
@@ -357,10 +359,10 @@ def _position_limit(encoder: PreTrainedModel) -> int:
     return limit
 
 
-def _saved_scoring(name_or_path: str) -> dict:
+def _saved_scoring(name_or_path: str, offline: bool) -> dict:
     """pooling and metric of a model folder from its files: a sentence-transformers folder's
     1_Pooling and similarity_fn_name (cosine when unset, as sentence-transformers), else cls/euclidean."""
-    folder = _local_folder(name_or_path)
+    folder = _local_folder(name_or_path, offline)
     if not is_sentence_transformers_folder(folder):
         return {"pooling": "cls", "metric": "euclidean"}
     modules = _module_list(folder, name_or_path)

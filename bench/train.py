@@ -16,6 +16,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cli  # noqa: E402
 import settings  # noqa: E402
 from common import run_in_child  # noqa: E402
 
@@ -47,12 +48,13 @@ def ours(cfg: dict, steps: int, queue) -> None:
     from train_embedding_model import contrastive_step
 
     settings.update(**cfg)
-    cfg, device = settings.resolved(), resolve_device()
-    data = pairs((steps + WARMUP) * cfg["batch_size"] * 2)
-    batches = [[data[i] for i in b] for b in batches_without_duplicates([p[0] for p in data], cfg["batch_size"])]
-    model, tok = load_model(settings._packaged_minilm())
+    cfg = settings.resolved()
+    device = resolve_device(cfg.device)
+    data = pairs((steps + WARMUP) * cfg.batch_size * 2)
+    batches = [[data[i] for i in b] for b in batches_without_duplicates([p[0] for p in data], cfg.batch_size)]
+    model, tok = load_model(settings.packaged_minilm(), str(device))
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"],
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                             fused=device.type == "cuda")
     sched = get_linear_schedule_with_warmup(opt, 0, steps + WARMUP)
     for i, batch in enumerate(batches[:steps + WARMUP]):
@@ -60,7 +62,7 @@ def ours(cfg: dict, steps: int, queue) -> None:
             start = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         contrastive_step(model, tok, batch, cfg, device)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["max_grad_norm"])
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         opt.step()
         sched.step()
     if device.type == "cuda":
@@ -81,9 +83,9 @@ def theirs(cfg: dict, steps: int, queue) -> None:
     from model import resolve_device
 
     settings.update(**cfg)
-    device = resolve_device()
+    device = resolve_device(settings.device)
     data = pairs((steps + WARMUP) * settings.batch_size)
-    model = SentenceTransformer(settings._packaged_minilm(), device=str(device))
+    model = SentenceTransformer(settings.packaged_minilm(), device=str(device))
     model.max_seq_length = settings.max_length
     loss = MultipleNegativesRankingLoss(model, directions=("query_to_doc", "doc_to_query"))
     times = {}
@@ -113,7 +115,7 @@ def theirs(cfg: dict, steps: int, queue) -> None:
 if __name__ == "__main__":
     import torch
 
-    flags = settings.parse_command_line(flags={"steps": 20})
+    flags = cli.parse_command_line(flags={"steps": 20})
     a = run_in_child(ours, settings.resolved(), flags["steps"])
     b = run_in_child(theirs, settings.resolved(), flags["steps"])
     n = flags["steps"] * settings.batch_size

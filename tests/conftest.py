@@ -35,7 +35,7 @@ def tiny_model_dir(tmp_path_factory) -> str:
     import settings
 
     path = str(tmp_path_factory.mktemp("tiny_bert"))
-    tok = AutoTokenizer.from_pretrained(settings._packaged_minilm())
+    tok = AutoTokenizer.from_pretrained(settings.packaged_minilm())
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                      intermediate_size=64, max_position_embeddings=128)
@@ -59,3 +59,12 @@ def summaries_file(tmp_path) -> str:
     recs = [{"id": f"p{i}", "summaries": [f"{fillers[(i + j) % 3]} {k}" for j in range(3)]}
             for i, k in enumerate(keys)]
     return write_jsonl(tmp_path / "summaries.jsonl", recs)
+
+
+@pytest.fixture(autouse=True)
+def no_validation_corpus(monkeypatch):
+    """Training tests validate on their own summaries only (340 held-out arXiv papers per validation
+    would dominate their time); tests of the Title-Abstract validation set validation_corpus_file."""
+    import settings
+
+    monkeypatch.setattr(settings, "validation_corpus_file", "")

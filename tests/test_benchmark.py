@@ -207,9 +207,9 @@ def test_embeddings_equal_sentence_transformers(tmp_path, tiny_model_dir, poolin
     ours = emb.embed(texts)
     theirs = SentenceTransformer(saved, device="cpu").encode(texts, convert_to_numpy=True)
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
-    cached = os.listdir(cfg["embedding_cache_dir"])
+    cached = os.listdir(cfg.embedding_cache_dir)
     assert len(cached) == 1 and np.array_equal(emb.embed(texts), ours)  # second call from the cache
-    assert len(os.listdir(cfg["embedding_cache_dir"])) == 1
+    assert len(os.listdir(cfg.embedding_cache_dir)) == 1
 
 
 def test_a_dense_and_normalize_folder_embeds_as_sentence_transformers(tmp_path):
@@ -221,7 +221,7 @@ def test_a_dense_and_normalize_folder_embeds_as_sentence_transformers(tmp_path):
 
     from model import encode, load_model
 
-    shipped = SentenceTransformer(settings._packaged_minilm(), device="cpu")
+    shipped = SentenceTransformer(settings.packaged_minilm(), device="cpu")
     torch.manual_seed(0)
     folder = str(tmp_path / "dense")
     SentenceTransformer(modules=[shipped[0], shipped[1], Dense(384, 128), Normalize()], device="cpu").save(folder)
@@ -243,7 +243,7 @@ def test_title_abstract_equals_sentence_transformers_information_retrieval_evalu
 
     corpus = sb.load_corpus(SHARED_DATA)[:80] if os.path.exists(SHARED_DATA) else \
         sb.load_corpus(small_corpus(tmp_path, n=40))
-    m, tok = load_model(settings._packaged_minilm(), "cpu")
+    m, tok = load_model(settings.packaged_minilm(), "cpu")
     ir = InformationRetrievalEvaluator({p["id"]: p["title"] for p in corpus}, {p["id"]: p["abstract"] for p in corpus},
                                        {p["id"]: {p["id"]} for p in corpus}, mrr_at_k=[10], accuracy_at_k=[1],
                                        write_csv=False)(m)
@@ -324,10 +324,9 @@ def test_scoring_memory_is_bounded_by_the_setting(monkeypatch):
     y = x + rng.normal(scale=0.8, size=x.shape).astype(np.float32)
     labels = [str(i % 7) for i in range(len(x))]
     whole = partner_ranks(x, y, metric="euclidean", block=len(x)), sb.knn_agreement(x, labels, 5, "cosine", block=len(x))
-    monkeypatch.setattr(settings, "score_memory_mb", 2)
     tracemalloc.start()
-    try:
-        blocked = partner_ranks(x, y, metric="euclidean"), sb.knn_agreement(x, labels, 5, "cosine")
+    try:  # score_memory_mb=2, passed as the harness passes the setting
+        blocked = partner_ranks(x, y, metric="euclidean", memory_mb=2), sb.knn_agreement(x, labels, 5, "cosine", memory_mb=2)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

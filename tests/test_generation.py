@@ -18,6 +18,7 @@ import generate_search_queries as gq
 import generate_train_summaries as gs
 import llm
 import llm_workers
+import cli
 import settings
 import load_data as L
 from load_data import DataError, iter_jsonl, load_summaries
@@ -68,7 +69,7 @@ def test_summaries_end_to_end(server, tmp_path):
     cfg = cfg_for(server, tmp_path, make_corpus(tmp_path, n=6))
     stats = gs.generate_summaries(cfg)
     assert (stats["done"], stats["failed"], stats["skipped"]) == (6, 0, 0)
-    out = cfg["generated_summaries_file"]
+    out = cfg.generated_summaries_file
     recs = lines(out)
     example = json.dumps({"summaries": [f"summary {i}" for i in range(1, 5)]})
     sha = gs.SUMMARY_PROMPT.sha256({"n": 4, "min_words": gs.MIN_WORDS, "max_words": gs.MAX_WORDS, "example": example})
@@ -88,7 +89,7 @@ def test_summaries_end_to_end(server, tmp_path):
     assert "llm_api_key" not in side and KEY not in json.dumps(side)
     assert server.snapshot()["seen"] == {f"p{i}": 1 for i in range(6)}
     # Another number of summaries changes the instructions: every paper again, replacing its line.
-    assert gs.generate_summaries(dict(cfg, summaries_per_abstract=3))["done"] == 6
+    assert gs.generate_summaries(cfg.replace(summaries_per_abstract=3))["done"] == 6
     assert [len(r["summaries"]) for r in lines(out)] == [3] * 6
     runs = json.load(open(out.replace(".jsonl", ".settings.json")))["runs"]
     assert [(r["done"], r["skipped"]) for r in runs] == [(6, 0), (6, 0)] and runs[0]["prompt_sha256"] == sha
@@ -97,10 +98,10 @@ def test_summaries_end_to_end(server, tmp_path):
 def test_queries_end_to_end(server, tmp_path):
     cfg = cfg_for(server, tmp_path, make_corpus(tmp_path, n=5))
     assert gq.generate_queries(cfg)["done"] == 5
-    recs = lines(cfg["queries_file"])
+    recs = lines(cfg.queries_file)
     assert [r["id"] for r in recs] == [f"p{i}" for i in range(5)]
     assert all(r["query"].startswith("how ") and r["prompt"] == "search_query/v1" for r in recs)
-    assert os.path.exists(cfg["queries_file"].replace(".jsonl", ".settings.json"))
+    assert os.path.exists(cfg.queries_file.replace(".jsonl", ".settings.json"))
 
 
 def test_summary_validation():
@@ -133,10 +134,10 @@ def test_failures_are_retried_then_recorded(server, tmp_path):
     cfg = cfg_for(server, tmp_path, make_corpus(tmp_path, n=10, directives=directives))
     stats = gs.generate_summaries(cfg)
     assert (stats["done"], stats["failed"]) == (5, 5)
-    good = {r["id"]: r for r in lines(cfg["generated_summaries_file"])}
+    good = {r["id"]: r for r in lines(cfg.generated_summaries_file)}
     assert sorted(good) == ["p0", "p3", "p4", "p6", "p9"]  # only good items in the training file
     assert good["p0"]["attempts"] == 2 and good["p3"]["attempts"] == 1
-    failed = {r["id"]: r for r in lines(cfg["generated_summaries_file"].replace(".jsonl", ".failures.jsonl"))}
+    failed = {r["id"]: r for r in lines(cfg.generated_summaries_file.replace(".jsonl", ".failures.jsonl"))}
     assert sorted(failed) == ["p1", "p2", "p5", "p7", "p8"]
     assert "not valid JSON" in failed["p1"]["reason"] and len(failed["p1"]["attempts"]) == 3
     assert failed["p1"]["attempts"][0]["raw"].startswith("Sure! Here are")
@@ -149,9 +150,9 @@ def test_failures_are_retried_then_recorded(server, tmp_path):
     assert seen == {"p0": 2, "p1": 3, "p2": 3, "p3": 2, "p4": 3, "p5": 3, "p6": 1, "p7": 3, "p8": 3, "p9": 1}
     assert server.snapshot()["stats"]["with_feedback"] == 9  # each content retry shows the failed answer
     # A rerun retries only the failures; a paper that now succeeds leaves the failures file.
-    stats = gs.generate_summaries(dict(cfg, llm_retries=0))
+    stats = gs.generate_summaries(cfg.replace(llm_retries=0))
     assert (stats["skipped"], stats["failed"]) == (5, 5)
-    assert sorted(r["id"] for r in lines(cfg["generated_summaries_file"].replace(".jsonl", ".failures.jsonl"))) == \
+    assert sorted(r["id"] for r in lines(cfg.generated_summaries_file.replace(".jsonl", ".failures.jsonl"))) == \
         ["p1", "p2", "p5", "p7", "p8"]
 
 
@@ -217,12 +218,12 @@ def test_resume_by_model_and_prompt_and_compaction(server, tmp_path, monkeypatch
     gq.generate_queries(cfg)
     assert gq.generate_queries(cfg)["skipped"] == 4 and server.snapshot()["stats"]["requests"] == 4
     # Another model: every paper again; the compact file keeps one line per paper, the new model's.
-    assert gq.generate_queries(dict(cfg, llm_model="other"))["done"] == 4
-    assert [r["model"] for r in lines(cfg["queries_file"])] == ["other"] * 4
+    assert gq.generate_queries(cfg.replace(llm_model="other"))["done"] == 4
+    assert [r["model"] for r in lines(cfg.queries_file)] == ["other"] * 4
     # Another prompt version: the same.
     monkeypatch.setattr(gq, "QUERY_PROMPT", dataclasses.replace(gq.QUERY_PROMPT, version=2))
-    assert gq.generate_queries(dict(cfg, llm_model="other"), limit=2)["done"] == 2
-    recs = lines(cfg["queries_file"])
+    assert gq.generate_queries(cfg.replace(llm_model="other"), limit=2)["done"] == 2
+    recs = lines(cfg.queries_file)
     assert [(r["id"], r["prompt"]) for r in recs] == [("p0", "search_query/v2"), ("p1", "search_query/v2"),
                                                      ("p2", "search_query/v1"), ("p3", "search_query/v1")]
     assert server.snapshot()["stats"]["requests"] == 10
@@ -242,13 +243,13 @@ def test_response_format_fallback(tmp_path):
         corpus = make_corpus(tmp_path, n=3)
         cfg = cfg_for(srv, tmp_path, corpus, llm_concurrency=1)
         assert gs.generate_summaries(cfg)["done"] == 3
-        assert all(r["response_format"] is None for r in lines(cfg["generated_summaries_file"]))
+        assert all(r["response_format"] is None for r in lines(cfg.generated_summaries_file))
         assert srv.snapshot()["stats"] == {"requests": 4, "with_response_format": 1, "max_inflight": 1}
         # Forced JSON mode fails visibly (recorded, not fatal); "none" never sends it.
-        stats = gq.generate_queries(dict(cfg, llm_response_format="json_object"))
-        failures = lines(cfg["queries_file"].replace(".jsonl", ".failures.jsonl"))
+        stats = gq.generate_queries(cfg.replace(llm_response_format="json_object"))
+        failures = lines(cfg.queries_file.replace(".jsonl", ".failures.jsonl"))
         assert stats["failed"] == 3 and "HTTP 400" in failures[0]["reason"]
-        assert gq.generate_queries(dict(cfg, llm_response_format="none"))["done"] == 3
+        assert gq.generate_queries(cfg.replace(llm_response_format="none"))["done"] == 3
         assert srv.snapshot()["stats"]["with_response_format"] == 4
     finally:
         srv.stop()
@@ -291,7 +292,7 @@ def test_key_never_printed_or_written(tmp_path):
                            "OPENAI_BASE_URL": srv.base_url}),
                 run_script("generate_train_summaries.py", args, dict(env, OPENAI_API_KEY=KEY + "-wrong")),
                 run_script("generate_train_summaries.py", args + ["--dry_run"], env)]
-        assert [r.returncode for r in runs] == [0, 0, 2, 0]  # settings.cli: one line, exit code 2
+        assert [r.returncode for r in runs] == [0, 0, 2, 0]  # cli.cli: one line, exit code 2
         assert runs[2].stderr.strip().splitlines()[-1].startswith("error: 127.0.0.1")
         assert "HTTP 401" in runs[2].stderr and "Retrying" in runs[0].stderr  # the client's debug log ran
         stats = srv.snapshot()["stats"]
@@ -312,14 +313,14 @@ def test_environment_precedence(monkeypatch):
         monkeypatch.setattr(settings, k, getattr(settings, k))  # restored after the test
     llm.apply_environment({"OPENAI_BASE_URL": "http://env-host:1/v1", "OPENAI_API_KEY": ""})
     assert settings.llm_base_url == "http://env-host:1/v1" and settings.llm_api_key == ""
-    flags = settings.parse_command_line(["--llm_base_url=http://cli-host:2/v1", "--dry-run"],
+    flags = cli.parse_command_line(["--llm_base_url=http://cli-host:2/v1", "--dry-run"],
                                         flags={"dry_run": False, "limit": 0})
     assert settings.llm_base_url == "http://cli-host:2/v1" and flags == {"dry_run": True, "limit": 0}
 
 
 def test_host_and_redaction():
-    cfg = {"llm_api_key": KEY, "llm_base_url": "https://user:pa55word@example.org:8443/v1"}
-    assert llm.server_host(cfg["llm_base_url"]) == "example.org:8443"
+    cfg = settings.resolved(llm_api_key=KEY, llm_base_url="https://user:pa55word@example.org:8443/v1")
+    assert llm.server_host(cfg.llm_base_url) == "example.org:8443"
     assert llm.redact(f"bad key {KEY} at https://user:pa55word@x", cfg) == "bad key *** at https://user:***@x"
 
 
@@ -345,12 +346,12 @@ def test_bad_files_give_one_line_errors(server, tmp_path):
     with pytest.raises(DataError, match=r"corpus.jsonl:3: not valid JSON"):
         gq.generate_queries(cfg_for(server, tmp_path, corpus))
     cfg = cfg_for(server, tmp_path, make_corpus(tmp_path, n=2, name="ok.jsonl"))
-    os.makedirs(os.path.dirname(cfg["queries_file"]))
-    write_jsonl(cfg["queries_file"], ["{broken", '{"id": "p0", "query": "q"}'])
+    os.makedirs(os.path.dirname(cfg.queries_file))
+    write_jsonl(cfg.queries_file, ["{broken", '{"id": "p0", "query": "q"}'])
     with pytest.raises(DataError, match=r"queries.jsonl:1: not valid JSON"):
         gq.generate_queries(cfg)
     with pytest.raises(llm.GenerationError, match="llm_concurrency"):
-        gq.generate_queries(dict(cfg, llm_concurrency=0))
+        gq.generate_queries(dataclasses.replace(cfg, llm_concurrency=0))  # built in code, unchecked
     assert server.snapshot()["stats"] == {}
 
 
@@ -360,7 +361,7 @@ def test_timeout_is_a_failure_not_fatal(tmp_path):
         cfg = cfg_for(srv, tmp_path, make_corpus(tmp_path, n=2), llm_timeout=0.1, llm_http_retries=1)
         stats = gq.generate_queries(cfg)
         assert (stats["done"], stats["failed"]) == (0, 2)
-        failed = lines(cfg["queries_file"].replace(".jsonl", ".failures.jsonl"))
+        failed = lines(cfg.queries_file.replace(".jsonl", ".failures.jsonl"))
         assert all(r["reason"].startswith("timeout after 0.1s and 1 client retries") for r in failed)
         assert srv.snapshot()["seen"] == {"p0": 2, "p1": 2}
     finally:
@@ -374,11 +375,11 @@ def test_interrupt_keeps_what_is_done(server, tmp_path):
         return gq.parse_query(obj, paper)
     cfg = cfg_for(server, tmp_path, make_corpus(tmp_path, n=6), llm_concurrency=1)
     with pytest.raises(KeyboardInterrupt):
-        llm.generate("queries", gq.QUERY_PROMPT, "query", parse, cfg["query_corpus_file"], cfg["queries_file"], cfg)
-    assert [r["id"] for r in lines(cfg["queries_file"])][:2] == ["p0", "p1"]
-    assert json.load(open(cfg["queries_file"].replace(".jsonl", ".settings.json")))["runs"][-1]["done"] >= 2
+        llm.generate("queries", gq.QUERY_PROMPT, "query", parse, cfg.query_corpus_file, cfg.queries_file, cfg)
+    assert [r["id"] for r in lines(cfg.queries_file)][:2] == ["p0", "p1"]
+    assert json.load(open(cfg.queries_file.replace(".jsonl", ".settings.json")))["runs"][-1]["done"] >= 2
     assert gq.generate_queries(cfg)["skipped"] >= 2  # and a rerun goes on from there
-    assert [r["id"] for r in lines(cfg["queries_file"])] == [f"p{i}" for i in range(6)]
+    assert [r["id"] for r in lines(cfg.queries_file)] == [f"p{i}" for i in range(6)]
 
 
 def test_papers_are_drawn_from_the_stream_only_as_workers_free_up():

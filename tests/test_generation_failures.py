@@ -38,7 +38,7 @@ def test_malformed_replies_are_failed_attempts_never_crashes(server, tmp_path):
                   llm_http_retries=1, llm_retries=1)
     stats = gs.generate_summaries(cfg)
     assert (stats["done"], stats["failed"]) == (8, 3)
-    good = {r["id"]: r for r in lines(cfg["generated_summaries_file"])}
+    good = {r["id"]: r for r in lines(cfg.generated_summaries_file)}
     assert sorted(good) == sorted(f"p{i}" for i in range(8))
     for pid in ("p0", "p1", "p2", "p3", "p4"):  # a bad reply is one failed attempt, then the same is asked again
         assert good[pid]["attempts"] == 2 and len(good[pid]["summaries"]) == 4, pid
@@ -49,7 +49,7 @@ def test_malformed_replies_are_failed_attempts_never_crashes(server, tmp_path):
     assert "content of type dict" in good["p1"]["retried_for"][0]
     assert "no message" in good["p2"]["retried_for"][0] and "no choices" in good["p3"]["retried_for"][0]
     assert "not valid JSON" in good["p4"]["retried_for"][0]
-    failed = {r["id"]: r for r in lines(cfg["generated_summaries_file"].replace(".jsonl", ".failures.jsonl"))}
+    failed = {r["id"]: r for r in lines(cfg.generated_summaries_file.replace(".jsonl", ".failures.jsonl"))}
     assert "not a chat completion" in failed["p8"]["reason"] and "502 Bad Gateway" in failed["p8"]["attempts"][0]["raw"]
     assert "closed the connection in the middle of its answer" in failed["p9"]["reason"]  # not "cannot reach"
     assert "no message" in failed["p10"]["reason"] and len(failed["p10"]["attempts"]) == 2
@@ -120,14 +120,14 @@ def test_refuses_output_files_of_another_kind(server, tmp_path):
         before = open(target, "rb").read()
         with pytest.raises(DataError, match=rf"{os.path.basename(target)}:1: not written by this generator "
                                             rf"\({why}.*generated_summaries_file"):
-            gs.generate_summaries(dict(cfg, generated_summaries_file=target))
+            gs.generate_summaries(cfg.replace(generated_summaries_file=target))
         assert open(target, "rb").read() == before, target
     # Its failures file too; and on the command line: one line naming the file, exit 2.
     out = tmp_path / "new" / "s.jsonl"
     os.makedirs(out.parent)
     shutil.copy(paths["train_summaries"], out.parent / "s.failures.jsonl")
     with pytest.raises(DataError, match=r"s.failures.jsonl:1: not written by this generator"):
-        gs.generate_summaries(dict(cfg, generated_summaries_file=str(out)))
+        gs.generate_summaries(cfg.replace(generated_summaries_file=str(out)))
     res = run_script("generate_train_summaries.py", [f"--generation_corpus_file={corpus}",
                                                      f"--generated_summaries_file={paths['train_summaries']}"],
                      {"OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": KEY})
@@ -157,11 +157,11 @@ def test_a_second_run_on_the_same_file_is_refused_and_cuts_nothing(server, tmp_p
 
     cfg = cfg_for(server, tmp_path, make_corpus(tmp_path, n=2))
     gq.generate_queries(cfg)
-    with open(cfg["queries_file"], "a") as first_run:
+    with open(cfg.queries_file, "a") as first_run:
         fcntl.flock(first_run, fcntl.LOCK_EX)
         first_run.write('{"id": "p9", "query": "half written')  # the other run is in the middle of a line
         first_run.flush()
-        before = open(cfg["queries_file"], "rb").read()
+        before = open(cfg.queries_file, "rb").read()
         with pytest.raises(llm.GenerationError, match="queries.jsonl is being written by another run"):
             gq.generate_queries(cfg)
-        assert open(cfg["queries_file"], "rb").read() == before
+        assert open(cfg.queries_file, "rb").read() == before

@@ -5,6 +5,7 @@ import torch
 from transformers import AutoModel
 
 import model as M
+import settings
 
 TEXTS = ["Graph neural networks for parsing.", "A short one.",
          "We study speech recognition with a much longer sentence that has many more tokens in it."] * 3
@@ -33,11 +34,12 @@ def test_saved_model_reloads_with_equal_embeddings(tmp_path, tiny_model_dir, met
     reloaded, tok2 = M.load_model(path, "cpu")  # pooling and metric come with the folder
     assert (M.pooling_of(reloaded), reloaded.similarity_fn_name) == (pooling, metric)
     np.testing.assert_allclose(M.encode(reloaded, tok2, TEXTS, 4, 32, "fp32"), ours, atol=1e-6)
-    assert M.resolve_model_settings({"pooling": "auto", "metric": "auto"}, path) == {"pooling": pooling, "metric": metric}
+    own = M.resolve_model_settings(settings.resolved(pooling="auto", metric="auto"), path)
+    assert {"pooling": own.pooling, "metric": own.metric} == {"pooling": pooling, "metric": metric}
 
 
 def test_auto_means_the_models_own(tiny_model_dir):
-    from settings import _packaged_minilm
+    from settings import packaged_minilm as _packaged_minilm
 
     plain, _ = M.load_model(tiny_model_dir, "cpu")  # a plain encoder: CLS and Euclidean, as SemCSE
     assert (M.pooling_of(plain), plain.similarity_fn_name, plain.plain_encoder) == ("cls", "euclidean", True)
@@ -45,7 +47,8 @@ def test_auto_means_the_models_own(tiny_model_dir):
     minilm, _ = M.load_model(_packaged_minilm(), "cpu")
     s = M.scoring_of(minilm)
     assert (s["pooling"], s["similarity"], s["normalized"], s["max_length"], s["dim"]) == ("mean", "cosine", True, 256, 384)
-    assert M.resolve_model_settings({"pooling": "auto", "metric": "euclidean"}, _packaged_minilm()) == \
+    own = M.resolve_model_settings(settings.resolved(pooling="auto", metric="euclidean"), _packaged_minilm())
+    assert {"pooling": own.pooling, "metric": own.metric} == \
         {"pooling": "mean", "metric": "euclidean"}
 
 

@@ -4,6 +4,8 @@ import json
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
+import cli
+import files
 import settings
 
 
@@ -11,11 +13,11 @@ import settings
 def restore_settings():
     saved = settings.resolved()
     yield
-    settings.update(**saved)
+    settings.update(**saved.as_dict())
 
 
 def test_overrides_are_typed_and_applied():
-    flags = settings.parse_command_line(["--metric=cosine", "--batch_size=7", "--learning_rate=2e-4",
+    flags = cli.parse_command_line(["--metric=cosine", "--batch_size=7", "--learning_rate=2e-4",
                                          "--offline=false", "--resume"], flags={"resume": False})
     assert flags == {"resume": True}
     assert (settings.metric, settings.batch_size, settings.learning_rate, settings.offline) == ("cosine", 7, 2e-4, False)
@@ -32,9 +34,9 @@ def test_overrides_are_typed_and_applied():
 ])
 def test_bad_overrides_exit_2_with_one_line_naming_the_setting(arg, words, capsys):
     with pytest.raises(settings.SettingsError):
-        settings.parse_command_line([arg], flags={"resume": False})
+        cli.parse_command_line([arg], flags={"resume": False})
     with pytest.raises(SystemExit) as e:
-        settings.cli(lambda resume: None, flags={"resume": False}, argv=[arg])
+        cli.cli(lambda resume: None, flags={"resume": False}, argv=[arg])
     assert e.value.code == 2
     message = capsys.readouterr().err
     assert message.startswith("error:") and message.count("\n") == 1
@@ -47,15 +49,15 @@ def test_cli_shows_the_traceback_only_with_debug():
         raise FileNotFoundError("data/x.jsonl: file not found")
 
     with pytest.raises(SystemExit):
-        settings.cli(main, argv=[])
+        cli.cli(main, argv=[])
     with pytest.raises(FileNotFoundError):
-        settings.cli(main, argv=["--debug"])
+        cli.cli(main, argv=["--debug"])
 
 
 def test_resolved_checks_without_changing_the_module():
     default = settings.metric  # "auto" now (the model's own); "euclidean" before
     cfg = settings.resolved(metric="cosine", epochs=3)
-    assert cfg["metric"] == "cosine" and cfg["epochs"] == 3
+    assert cfg.metric == "cosine" and cfg.epochs == 3
     assert settings.metric == default != "cosine"
     with pytest.raises(settings.SettingsError, match="epochs"):
         settings.resolved(epochs="three")
@@ -67,7 +69,7 @@ def test_paper_setters_and_saved_settings_hide_the_key(tmp_path):
     settings.set_save_name("SemCSE_test")
     settings.set_encoder_checkpoint("some/model")
     settings.update(llm_api_key="sk-secret-123")
-    path = settings.save_settings(str(tmp_path), extra_field=1)
+    path = files.save_settings(str(tmp_path), extra_field=1)
     saved = json.loads(open(path).read())
     assert saved["save_name"] == "SemCSE_test" and saved["encoder_checkpoint"] == "some/model"
     assert saved["extra_field"] == 1
@@ -110,7 +112,7 @@ def test_temperature_defaults_per_metric():
 ])
 def test_every_range_is_checked_at_start_up_with_the_setting_named(arg, words, capsys):
     with pytest.raises(SystemExit) as e:
-        settings.cli(lambda resume: pytest.fail("ran with a bad setting"), flags={"resume": False}, argv=[arg])
+        cli.cli(lambda resume: pytest.fail("ran with a bad setting"), flags={"resume": False}, argv=[arg])
     assert e.value.code == 2
     message = capsys.readouterr().err
     assert message.startswith("error: setting ") and message.count("\n") == 1
@@ -150,19 +152,19 @@ def test_error_policy_user_errors_exit_2_bugs_show_their_traceback(tmp_path, cap
                 FileNotFoundError(errno.ENOENT, "No such file or directory", str(tmp_path / "in.jsonl")),
                 OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out"))]:
         with pytest.raises(SystemExit) as e:
-            settings.cli(fail(exc), argv=[])
+            cli.cli(fail(exc), argv=[])
         err = capsys.readouterr().err
         assert e.value.code == 2 and err.count("\n") == 1, err
     with pytest.raises(SystemExit):
-        settings.cli(fail(FileNotFoundError(errno.ENOENT, "No such file or directory", "data/in.jsonl")), argv=[])
+        cli.cli(fail(FileNotFoundError(errno.ENOENT, "No such file or directory", "data/in.jsonl")), argv=[])
     assert capsys.readouterr().err == "error: data/in.jsonl: No such file or directory\n"
     # A ValueError or RuntimeError from inside numpy/torch, or a bare OSError, is a bug: its traceback shows.
     with pytest.raises(ValueError):
-        settings.cli(lambda: np.zeros(3).reshape(2, 2), argv=[])
+        cli.cli(lambda: np.zeros(3).reshape(2, 2), argv=[])
     with pytest.raises(RuntimeError):
-        settings.cli(fail(RuntimeError("CUDA error")), argv=[])
+        cli.cli(fail(RuntimeError("CUDA error")), argv=[])
     with pytest.raises(ConnectionResetError):
-        settings.cli(fail(ConnectionResetError(errno.ECONNRESET, "reset")), argv=[])
+        cli.cli(fail(ConnectionResetError(errno.ECONNRESET, "reset")), argv=[])
 
 
 def test_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path):
@@ -171,11 +173,11 @@ def test_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path):
     path = tmp_path / "results.json"
     path.write_text("old")
     with pytest.raises(OSError) as e:
-        with settings.atomic_write(str(path)) as f:
+        with files.atomic_write(str(path)) as f:
             f.write("half of the new")
             raise OSError(errno.ENOSPC, "No space left on device")
     assert e.value.filename == str(path) and e.value.errno == errno.ENOSPC
-    assert settings.one_line(e.value) == f"{path}: No space left on device"
+    assert cli.one_line(e.value) == f"{path}: No space left on device"
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["results.json"]
 
 
@@ -187,11 +189,11 @@ def test_messages_are_one_line_whatever_the_value(key, value):
     saved = settings.resolved()
     try:
         for attempt in (lambda: settings.resolved(**{key: value}),
-                        lambda: settings.parse_command_line([f"--{key}={value}", value], flags={"resume": False})):
+                        lambda: cli.parse_command_line([f"--{key}={value}", value], flags={"resume": False})):
             try:
                 attempt()
             except settings.SettingsError as e:
                 assert "\n" not in str(e) and "\r" not in str(e)
     finally:
-        settings.update(**saved)
-    assert "\n" not in settings.one_line(ValueError(f"two\nlines {value}"))
+        settings.update(**saved.as_dict())
+    assert "\n" not in cli.one_line(ValueError(f"two\nlines {value}"))

@@ -16,7 +16,7 @@ needs_sts = pytest.mark.skipif(importlib.util.find_spec("semantic_text_similarit
 @needs_sts
 def test_packaged_minilm_as_shipped_scores_82_04_on_sts_b_test():
     cfg = settings.resolved(embedding_cache_dir="", precision="fp32")
-    model, tok = load_model(settings._packaged_minilm(), "cpu")  # mean pooling, normalized, 256 tokens
+    model, tok = load_model(settings.packaged_minilm(), "cpu")  # mean pooling, normalized, 256 tokens
     emb = H.ModelEmbedder("all-MiniLM-L6-v2", model, tok, cfg)
     out = B.task_sts_b(emb.embed)
     assert out["n"] == 1379  # the STS-B test split

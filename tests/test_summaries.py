@@ -64,7 +64,7 @@ def test_partial_papers_are_kept_with_what_was_dropped(tmp_path):
         corpus = make_corpus(tmp_path, n=3, directives={"p0": "@fake:twobad:99", "p1": "@fake:twobad:1"})
         cfg = cfg_for(srv, tmp_path, corpus, llm_retries=1)
         assert gs.generate_summaries(cfg)["done"] == 3
-        recs = {r["id"]: r for r in lines(cfg["generated_summaries_file"])}
+        recs = {r["id"]: r for r in lines(cfg.generated_summaries_file)}
         assert len(recs["p0"]["summaries"]) == 2 and recs["p0"]["partial"] is True
         assert [d["reason"] for d in recs["p0"]["dropped"]] == ["mentions the paper or its authors ('this paper')",
                                                                  "contains digits"]

@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import cli
 import settings
 
 from train_embedding_model import TrainingError, train_embedding_model
@@ -67,7 +68,7 @@ def test_training_lowers_the_validation_rank_and_keeps_the_best(tmp_path):
     import load_data
 
     paths = load_data.ensure_default_data(str(tmp_path / "data"))
-    best = run(tmp_path, "learn", settings._packaged_minilm(), paths["train_summaries"], batch_size=32,
+    best = run(tmp_path, "learn", settings.packaged_minilm(), paths["train_summaries"], batch_size=32,
                validation_size=50, max_steps=10, eval_every=5, learning_rate=5e-5, precision="bf16",
                metric="euclidean", pooling="cls")
     log = log_of(tmp_path, "learn")
@@ -97,17 +98,18 @@ def test_early_stopping_stops_after_patience(tmp_path, tiny_model_dir, summaries
 
 def test_a_non_finite_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_path, tiny_model_dir, summaries_file,
                                                                              monkeypatch):
+    import contrastive as C
     import train_embedding_model as T
 
     calls = {"n": 0}
-    real = T.contrastive_loss
+    real = C.contrastive_loss
 
     def poisoned(*a, **k):
         calls["n"] += 1
         loss = real(*a, **k)
         return loss * float("nan") if calls["n"] == 5 else loss
 
-    monkeypatch.setattr(T, "contrastive_loss", poisoned)
+    monkeypatch.setattr(C, "contrastive_loss", poisoned)  # the loss of contrastive.contrastive_step
     with pytest.raises(T.TrainingError, match="loss is nan at step 5.*last good checkpoint"):
         run(tmp_path, "nan", tiny_model_dir, summaries_file, max_steps=9)
     state = torch.load(tmp_path / "nan" / "last" / "training_state.pt", weights_only=True)
@@ -146,7 +148,7 @@ def test_main_runs_end_to_end_and_resumes(tmp_path, tiny_model_dir, summaries_fi
 def keep_settings():
     saved = settings.resolved()
     yield
-    settings.update(**saved)
+    settings.update(**saved.as_dict())
 
 
 def test_a_fresh_run_never_mixes_with_the_run_in_its_folder(tmp_path, tiny_model_dir, summaries_file):
@@ -212,7 +214,7 @@ def test_a_full_disk_while_saving_stops_in_one_line_and_leaves_no_tmp(tmp_path, 
             f"--train_summaries_file={summaries_file}", "--batch_size=8", "--validation_size=10", "--eval_every=3",
             "--max_steps=6", "--device=cpu", "--precision=fp32"]
     with pytest.raises(SystemExit) as e:
-        settings.cli(T.train_embedding_model, flags={"resume": False, "overwrite": False}, argv=argv)
+        cli.cli(T.train_embedding_model, flags={"resume": False, "overwrite": False}, argv=argv)
     err = capsys.readouterr().err.splitlines()
     assert e.value.code == 2 and err[-1] == (f"error: {tmp_path / 'full' / 'last'}: cannot save the model "
                                              f"(No space left on device); its previous save is kept")

@@ -1,0 +1,93 @@
+"""Training data at the paper's scale: 350k papers x 4 summaries (synthetic, ~25 words each), loaded
+three ways, each in a fresh process: load time, peak RSS above the imports, and the time to fetch one
+batch of 32 papers' summaries.
+
+- index: today's load_data.load_summaries (byte offsets per paper; each batch seeks and re-parses lines)
+- lists: every paper's summaries parsed once into a plain dict of lists in memory
+- arrow: Hugging Face `datasets` (JSON -> memory-mapped Arrow in a cache folder, then rows by index)
+
+    python bench/data_loading.py [--papers=350000]
+"""
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+WORDS = ("graph speech vision parsing translation retrieval summary dialogue sentiment entity model method "
+         "results data training learning neural network task benchmark corpus language").split()
+
+
+def write_file(path: str, papers: int) -> None:
+    rng = random.Random(0)
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(papers):
+            summaries = [" ".join(rng.choices(WORDS, k=25)) for _ in range(4)]
+            f.write(json.dumps({"id": f"p{i}", "summaries": summaries}) + "\n")
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def one(way: str, path: str) -> dict:
+    if way == "arrow":
+        import datasets
+        datasets.disable_progress_bars()
+    import load_data
+    base, start = rss_mb(), time.time()
+    if way == "index":
+        data = load_data.load_summaries(path)
+        get = data.__getitem__
+        ids = list(data)
+    elif way == "lists":
+        data = {}
+        for line, _, obj in load_data.iter_records(path):
+            data.setdefault(obj["id"], []).extend(obj["summaries"])
+        get, ids = data.__getitem__, list(data)
+    else:
+        cache = tempfile.mkdtemp()
+        ds = datasets.load_dataset("json", data_files=path, split="train", cache_dir=cache)
+        row = {pid: i for i, pid in enumerate(ds["id"])}
+        ids = list(row)
+
+        def get(pid):
+            return ds[row[pid]]["summaries"]
+    load_s = time.time() - start
+    rng = random.Random(1)
+    start = time.time()
+    for _ in range(50):
+        batch = [get(pid) for pid in rng.sample(ids, 32)]
+    batch_ms = (time.time() - start) / 50 * 1000
+    assert len(batch) == 32
+    return {"way": way, "papers": len(ids), "load_s": round(load_s, 1), "rss_mb": round(rss_mb() - base),
+            "batch_ms": round(batch_ms, 2)}
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--one"]:
+        print(json.dumps(one(sys.argv[2], sys.argv[3])))
+        return
+    papers = int(next((a.split("=")[1] for a in sys.argv[1:] if a.startswith("--papers=")), 350_000))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "summaries.jsonl")
+        write_file(path, papers)
+        print(f"{papers} papers x 4 summaries, {os.path.getsize(path) / 2**20:.0f} MiB")
+        print("| way | load (s) | peak RSS above imports (MiB) | one batch of 32 papers (ms) |")
+        print("|---|---|---|---|")
+        for way in ("index", "lists", "arrow"):
+            out = subprocess.run([sys.executable, __file__, "--one", way, path], capture_output=True, text=True)
+            if out.returncode:
+                print(f"| {way} | failed: {out.stderr.strip().splitlines()[-1]} |")
+                continue
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"| {way} | {r['load_s']} | {r['rss_mb']} | {r['batch_ms']} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Atomic file writing: readers, and a rerun after a kill at any moment, see the old file or the new
+one, never half of one."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from typing import IO, Any, Iterator
+
+import settings
+
+
+@contextlib.contextmanager
+def atomic_write(path: str, mode: str = "w") -> Iterator[IO]:
+    """Open a temporary file beside `path` to write; on success fsync it and rename it over `path`.
+    On an error the temporary file is removed and `path` is untouched."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        if e.filename:
+            raise
+        raise OSError(e.errno, e.strerror or str(e), path) from e  # a full disk: name the file it hit
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json_atomic(path: str, obj: Any, **dump_kwargs: Any) -> str:
+    """Write `obj` as JSON through atomic_write: the old file or the new, never half."""
+    with atomic_write(path) as f:
+        json.dump(obj, f, **dump_kwargs)
+    return path
+
+
+def save_settings(folder: str, cfg: settings.Config | None = None, **extra: Any) -> str:
+    """Write the resolved settings (secrets removed) to folder/settings.json atomically."""
+    os.makedirs(folder, exist_ok=True)
+    return write_json_atomic(os.path.join(folder, "settings.json"), settings.public_settings(cfg, **extra),
+                             indent=2, sort_keys=True)
