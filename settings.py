@@ -107,9 +107,9 @@ llm_retries = 3                 # content retries (invalid/empty JSON); transpor
 llm_http_retries = 5            # the openai client's retries for connection errors, timeouts, 408/409/429/5xx
 llm_timeout = 120.0             # seconds per request
 llm_response_format = "auto"    # "auto" (JSON mode, dropped if the server rejects it), "json_object", "none"
-generation_corpus_file = "data/train_corpus.jsonl"  # papers to summarize
-generated_summaries_file = "data/llm_summaries.jsonl"
-query_corpus_file = "data/benchmark_corpus.jsonl"   # papers to write search queries for
+generation_corpus_file = "data/arxiv_train.jsonl"   # papers to summarize (3,400 arXiv papers, disjoint from the benchmark)
+generated_summaries_file = "data/arxiv_summaries.jsonl"  # (data/llm_summaries.jsonl: 148 ACLSum papers, prompt v1)
+query_corpus_file = "data/arxiv_benchmark.jsonl"   # papers to write search queries for (the benchmark corpus)
 
 # ----------------------------------------------------------------------------------------------
 # Everything above is a setting; a name's type is its default's type.
