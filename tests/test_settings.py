@@ -35,13 +35,7 @@ def test_overrides_are_typed_and_applied():
 def test_bad_overrides_exit_2_with_one_line_naming_the_setting(arg, words, capsys):
     with pytest.raises(settings.SettingsError):
         cli.parse_command_line([arg], flags={"resume": False})
-    with pytest.raises(SystemExit) as e:
-        cli.cli(lambda resume: None, flags={"resume": False}, argv=[arg])
-    assert e.value.code == 2
-    message = capsys.readouterr().err
-    assert message.startswith("error:") and message.count("\n") == 1
-    for w in words:
-        assert w in message
+    assert_one_line_exit_2(lambda resume: None, arg, words, "error:", capsys)
 
 
 def test_cli_shows_the_traceback_only_with_debug():
@@ -111,13 +105,7 @@ def test_temperature_defaults_per_metric():
     ("--summaries_per_abstract=1", ["summaries_per_abstract", ">= 2"]),
 ])
 def test_every_range_is_checked_at_start_up_with_the_setting_named(arg, words, capsys):
-    with pytest.raises(SystemExit) as e:
-        cli.cli(lambda resume: pytest.fail("ran with a bad setting"), flags={"resume": False}, argv=[arg])
-    assert e.value.code == 2
-    message = capsys.readouterr().err
-    assert message.startswith("error: setting ") and message.count("\n") == 1
-    for w in words:
-        assert w in message
+    assert_one_line_exit_2(lambda resume: pytest.fail("ran with a bad setting"), arg, words, "error: setting ", capsys)
 
 
 def test_every_number_and_choice_has_a_check_and_the_defaults_pass_it():
@@ -197,3 +185,14 @@ def test_messages_are_one_line_whatever_the_value(key, value):
     finally:
         settings.update(**saved.as_dict())
     assert "\n" not in cli.one_line(ValueError(f"two\nlines {value}"))
+
+
+def assert_one_line_exit_2(main, arg: str, words: list[str], prefix: str, capsys) -> None:
+    """`arg` on the command line of `main` exits 2 with one line starting `prefix` and naming `words`."""
+    with pytest.raises(SystemExit) as e:
+        cli.cli(main, flags={"resume": False}, argv=[arg])
+    assert e.value.code == 2
+    message = capsys.readouterr().err
+    assert message.startswith(prefix) and message.count("\n") == 1
+    for w in words:
+        assert w in message
