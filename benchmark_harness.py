@@ -28,8 +28,8 @@ import files
 import settings
 from settings import Config
 from load_data import DataError, ensure_default_data, load_corpus
-from model import (ModelError, default_max_length, encode, load_model, resolve_model_settings, scoring_of,
-                   set_pooling, short_name)
+from model import (ModelError, default_max_length, encode, for_scoring, load_model, resolve_model_settings,
+                   scoring_of, set_pooling, short_name)
 from semantic_benchmark import (COLUMNS, TASKS, load_queries, paper_text, perf_scores, task_abstract_segments,
                                 task_clustering, task_query, task_sts_b, task_title_abstract)
 
@@ -362,27 +362,18 @@ def cli_embedders(model: str, baselines: bool, corpus_file: str, cfg: Config) ->
 
 
 def load_for_scoring(path: str, pooling: str, role: str, trained: str, cfg: Config):
-    """load_model for the benchmark: the base encoder takes the trained model's pooling and similarity
-    (so both are scored alike); an explicit --pooling applies to plain encoders only."""
+    """load_model for the benchmark, weights cast for scoring (model.for_scoring): the base encoder takes
+    the trained model's pooling and similarity (so both are scored alike); an explicit --pooling applies
+    to plain encoders only."""
     if role == "base" and os.path.isdir(trained):
         own = resolve_model_settings(cfg.replace(pooling="auto", metric="auto"), trained)
-        return load_model(path, cfg.device, pooling=own.pooling, metric=own.metric, offline=cfg.offline,
-                          trust_remote_code=cfg.trust_remote_code)
+        m, tok = load_model(path, cfg.device, pooling=own.pooling, metric=own.metric, offline=cfg.offline,
+                            trust_remote_code=cfg.trust_remote_code)
+        return for_scoring(m, cfg.precision), tok
     m, tok = load_model(path, cfg.device, offline=cfg.offline, trust_remote_code=cfg.trust_remote_code)
     if pooling not in ("auto", "") and m.plain_encoder:
         set_pooling(m, pooling)
-    return m, tok
-
-
-def _join_space_values(argv: list[str]) -> list[str]:
-    # Accept "--model PATH" as well as "--model=PATH": glue a value to the option before it.
-    out: list[str] = []
-    for a in argv:
-        if out and out[-1].startswith("--") and "=" not in out[-1] and not a.startswith("--"):
-            out[-1] += "=" + a
-        else:
-            out.append(a)
-    return out
+    return for_scoring(m, cfg.precision), tok
 
 
 def _main(model: str = "", corpus: str = "", queries: str = "", baselines: bool = False, overwrite: bool = False,
@@ -397,7 +388,7 @@ def _main(model: str = "", corpus: str = "", queries: str = "", baselines: bool 
 def main(argv: list[str] | None = None) -> None:
     """`python semantic_benchmark.py ...`: the command line (see semantic_benchmark.py's docstring)."""
     cli.cli(_main, flags={"model": "", "corpus": "", "queries": "", "baselines": False, "overwrite": False,
-                               "sts": False}, argv=_join_space_values(sys.argv[1:] if argv is None else argv))
+                               "sts": False}, argv=cli.join_space_values(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

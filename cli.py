@@ -74,6 +74,17 @@ def help_text(main: Callable[..., Any], flags: dict[str, Any] | None = None) -> 
     return "\n".join(lines)
 
 
+def join_space_values(argv: list[str]) -> list[str]:
+    # Accept "--model PATH" as well as "--model=PATH": glue a value to the option before it.
+    out: list[str] = []
+    for a in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and not a.startswith("--"):
+            out[-1] += "=" + a
+        else:
+            out.append(a)
+    return out
+
+
 def _flag(key: str, default: Any, value: str | None) -> Any:
     """A script option's value from its command-line text (None: given bare), typed like its default."""
     if isinstance(default, bool) and value is None:

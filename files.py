@@ -1,10 +1,11 @@
-"""Atomic file writing: readers, and a rerun after a kill at any moment, see the old file or the new
-one, never half of one."""
+"""Atomic file and folder writing: readers, and a rerun after a kill at any moment, see the old file
+(or folder) or the new one, never half of one."""
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
 from typing import IO, Any, Iterator
 
 import settings
@@ -29,6 +30,43 @@ def atomic_write(path: str, mode: str = "w") -> Iterator[IO]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str) -> Iterator[str]:
+    """Yield `path.tmp` to fill; on success fsync every file in it and swap it in for `path` with two
+    renames (path -> path.old, path.tmp -> path), so a crash leaves the old folder or the new one
+    (recover_interrupted_folder puts path.old back if a kill fell between the renames). On an error,
+    a full disk or Ctrl-C, the temporary folder is removed and `path` is untouched."""
+    path = path.rstrip("/")
+    tmp, old = path + ".tmp", path + ".old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        os.makedirs(tmp)
+        yield tmp
+        for d, _, names in os.walk(tmp):  # on disk before the swap: a power cut leaves no folder of empty files
+            for name in [*names, "."]:
+                fd = os.open(os.path.join(d, name), os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if os.path.exists(path):
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_interrupted_folder(path: str) -> None:
+    """A kill between atomic_folder's two renames leaves only path.old, the previous complete folder:
+    put it back."""
+    path = path.rstrip("/")
+    if not os.path.exists(path) and os.path.isdir(path + ".old"):
+        os.replace(path + ".old", path)
 
 
 def write_json_atomic(path: str, obj: Any, **dump_kwargs: Any) -> str:

@@ -9,7 +9,8 @@ Reads `generation_corpus_file`, writes `generated_summaries_file` (the summaries
 load_data.py: {"id", "summaries": [...], provenance}) plus NAME.failures.jsonl and NAME.settings.json.
 Train on them with `python main.py --train_summaries_file=data/llm_summaries.jsonl`.
 
-One request asks for all summaries of a paper as one JSON list, rather than one request per summary:
+One request asks for n + EXTRA_CANDIDATES summaries of a paper as one JSON list and keeps the first n
+that pass the checks, rather than one request per summary:
 the abstract (most of the tokens) is read once instead of n times, which on a CPU server is most of
 the time, and the model is asked to make the summaries differ, where n independent samples of one
 prompt often come back near-identical.
@@ -41,40 +42,81 @@ MIN_KEEP = 2                   # good summaries a paper needs to be kept at all 
 BANNED = re.compile(r"\b(?:(?:this|the present|our|the proposed) (?:paper|study|work|article|research|thesis|"
                     r"letter|manuscript|report)|the authors?|the researchers|we|our|ours|ourselves)\b", re.I)
 
-SUMMARY_PROMPT = Prompt(
-    name="train_summary",
-    version=2,
-    system="You summarize scientific abstracts in plain words. You answer with a JSON object only.",
-    user="""Write $n different summaries of the scientific abstract below.
-
-Each summary:
-- is one or two sentences, $min_words to $max_words words, and states what the abstract is about and \
-what it finds, so that it makes sense on its own;
-- uses plain, general words of its own: do not copy phrases from the abstract and do not repeat the title;
-- states the content directly: never mention the paper, the study, the work or its authors (no \
-"this paper", "this study", "this work", "the authors", "we", "our");
-- contains no numbers and no digits.
-The $n summaries must differ from each other in wording and emphasis.
-
-Answer with a JSON object of this form and nothing else:
-$example
-
-Title: $title
-Abstract: $abstract""",
-    retry="Your answer could not be used: $reason. Answer again with $n new summaries that follow every "
-          "rule, as the JSON object asked for and nothing else.",
-)
+EXTRA_CANDIDATES = 2           # ask for n + 2 and keep the first n that pass: a retry costs a whole answer
+TARGET_WORDS = (10, 30)        # what the prompt asks for; the checks above allow some slack either way
 
 
 def generate_summaries(cfg: Config | None = None, limit: int = 0, dry_run: bool = False) -> dict:
     """Summaries for every paper of cfg's generation_corpus_file into its generated_summaries_file."""
     cfg = settings.resolved() if cfg is None else cfg
     n = cfg.summaries_per_abstract  # at least 2, a training pair (settings.py; llm.check_settings)
-    values = {"n": n, "min_words": MIN_WORDS, "max_words": MAX_WORDS,
-              "example": json.dumps({"summaries": [f"summary {i + 1}" for i in range(n)]})}
     return generate("summaries", SUMMARY_PROMPT, "summaries", lambda obj, paper: parse_summaries(obj, paper, n),
-                    cfg.generation_corpus_file, cfg.generated_summaries_file, cfg, values=values,
+                    cfg.generation_corpus_file, cfg.generated_summaries_file, cfg, values=prompt_values(n),
                     limit=limit, dry_run=dry_run, out_setting="generated_summaries_file")
+
+
+# Two worked examples, written for this prompt (no corpus text). With Qwen2.5-Coder-1.5B the rules alone
+# gave near-copies of the abstract ("We introduce ..."); with the examples most summaries pass (measured
+# in docs/generation.md).
+EXAMPLES = (
+    ("Debris cover and the melt of Himalayan glaciers",
+     "Glaciers in high mountain regions are losing mass, but the contribution of debris cover to melt rates "
+     "remains uncertain. We combine 12 years of satellite elevation data with field measurements on 35 "
+     "Himalayan glaciers and a surface energy balance model. Thin debris layers enhance melt by up to 30%, "
+     "while layers thicker than 10 cm insulate the ice. Our results suggest that regional mass loss is "
+     "underestimated by models that ignore debris thickness.",
+     ["A thin layer of rock debris speeds up glacier melting, while a thick layer protects the ice beneath it.",
+      "Satellite and field data from mountain glaciers show that debris thickness decides whether melting speeds "
+      "up or slows down.",
+      "Models that ignore how thick the debris on glaciers is likely underestimate how much ice high mountain "
+      "regions lose.",
+      "Combining satellite observations with an energy balance model reveals the double role of debris in glacier "
+      "melt.",
+      "Rock debris on mountain glaciers can either speed up or slow down ice loss, depending on its thickness.",
+      "Regional estimates of glacier mass loss need to account for the thickness of debris on the ice."]),
+    ("CiteCheck: verifying generated answers against long documents",
+     "Large language models often produce fluent but unsupported statements when answering questions about long "
+     "documents. We propose CiteCheck, a lightweight verifier that links each generated sentence to supporting "
+     "passages and rewrites sentences without support. On 4 benchmarks, CiteCheck reduces unsupported claims by "
+     "41% with less than 5% loss in answer quality, and it requires no additional training data.",
+     ["A small checking step links every sentence of a language model's answer to supporting text and rewrites "
+      "the sentences that have no support.",
+      "Answers of language models about long documents contain far fewer unsupported claims when each sentence "
+      "is verified against the source.",
+      "Automatic verification against source passages makes generated answers more trustworthy at almost no cost "
+      "in quality.",
+      "Made-up statements in answers about long texts can be caught and fixed without any extra training data.",
+      "Linking generated sentences to evidence in the document is a cheap way to reduce hallucinated content.",
+      "A verifier that needs no training makes question answering over long documents more faithful to the "
+      "source."]),
+)
+
+SUMMARY_PROMPT = Prompt(
+    name="train_summary",
+    version=3,
+    system="You rewrite scientific abstracts as short sentences in plain words. You answer with a JSON object only.",
+    user="""Write $candidates different one-sentence summaries of the abstract below, each $min_words to \
+$max_words words.
+Rules: use your own plain words, do not copy phrases from the abstract; never mention the paper, the study, \
+the authors, "we" or "our"; no numbers or digits. Each summary states the main point on its own, with a \
+different wording and emphasis.
+Answer with {"summaries": [$candidates strings]} and nothing else.
+
+Title: $title
+Abstract: $abstract""",
+    retry="Your answer could not be used: $reason. Answer again with $candidates new summaries that follow every "
+          "rule, as the JSON object asked for and nothing else.",
+    examples=tuple((title, abstract, f"$answer_{i}") for i, (title, abstract, _) in enumerate(EXAMPLES, 1)),
+)
+
+
+def prompt_values(n: int) -> dict:
+    """The prompt's fixed values for n summaries per paper (hashed into every output line)."""
+    k = n + EXTRA_CANDIDATES
+    values = {"n": n, "candidates": k, "min_words": TARGET_WORDS[0], "max_words": TARGET_WORDS[1]}
+    # Each example answer shows k summaries (its own repeated cyclically would teach repeats: cap at six).
+    values.update({f"answer_{i}": json.dumps({"summaries": ex[2][:k]}) for i, ex in enumerate(EXAMPLES, 1)})
+    return values
 
 
 def parse_summaries(obj: dict, paper: dict, n: int) -> list[str]:

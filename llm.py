@@ -30,7 +30,6 @@ from typing import Any, Callable, Iterator
 import openai
 from tqdm import tqdm
 
-import settings
 from settings import Config
 from llm_client import (GenerationError, apply_environment, check_settings, command_line,  # noqa: F401
                         make_client, public_url, redact, server_host)
@@ -71,6 +70,10 @@ class Prompt:
     system: str
     user: str  # a string.Template: $title, $abstract and any extra values (e.g. $n)
     retry: str = "Your answer could not be used: $reason. Answer again, with only the JSON object asked for."
+    # Worked examples shown before the paper, as earlier turns of the chat: ((title, abstract, answer), ...),
+    # the answer a string.Template over the same values. A small model copies a shown answer's style
+    # far better than it follows written rules; the server's prompt cache keeps their cost to once per slot.
+    examples: tuple[tuple[str, str, str], ...] = ()
 
     @property
     def id(self) -> str:
@@ -79,12 +82,17 @@ class Prompt:
     def sha256(self, values: dict | None = None) -> str:
         """Hash of the template and its fixed values (e.g. n): the exact instructions, less the paper."""
         parts = [self.name, self.version, self.system, self.user, self.retry]
+        parts += [self.examples] if self.examples else []  # v1/v2 hashes unchanged
         parts += [sorted(values.items())] if values else []
         return hashlib.sha256(json.dumps(parts).encode("utf-8")).hexdigest()[:16]
 
     def messages(self, paper: dict, **values: Any) -> list[dict]:
-        user = string.Template(self.user).substitute(title=paper["title"], abstract=paper["abstract"], **values)
-        return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
+        def turn(title: str, abstract: str) -> dict:
+            return {"role": "user", "content": string.Template(self.user).substitute(title=title, abstract=abstract,
+                                                                                     **values)}
+        shots = [m for title, abstract, answer in self.examples for m in (
+            turn(title, abstract), {"role": "assistant", "content": string.Template(answer).substitute(**values)})]
+        return [{"role": "system", "content": self.system}, *shots, turn(paper["title"], paper["abstract"])]
 
     def retry_messages(self, messages: list[dict], answer: str, reason: str, **values: Any) -> list[dict]:
         # Small models tend to give the same answer to the same prompt, even when sampling: show
@@ -340,8 +348,13 @@ def _cut_mid_answer(e: Exception) -> bool:
     return False
 
 
+# A JSON escape (kept), or a backslash that starts none (group 1 empty): "\\t" before a letter is LaTeX.
+_LONE_BACKSLASH = re.compile(r'\\(\\|"|/|u[0-9a-fA-F]{4}|[bfnrt](?![A-Za-z]))?')
+
+
 def parse_json(text: str) -> dict:
-    """The JSON object in a model's answer; tolerates a ```json fence (servers without JSON mode)."""
+    """The JSON object in a model's answer; tolerates a ```json fence (servers without JSON mode) and a
+    lone backslash (LaTeX from the abstract, "\\alpha", which JSON does not allow unescaped)."""
     text = text.strip()
     if not text:
         raise InvalidOutput("empty content")
@@ -351,7 +364,12 @@ def parse_json(text: str) -> dict:
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
-        raise InvalidOutput(f"not valid JSON ({e.msg} at char {e.pos})") from None
+        if not e.msg.startswith("Invalid \\escape"):
+            raise InvalidOutput(f"not valid JSON ({e.msg} at char {e.pos})") from None
+        try:  # escape every backslash that starts no JSON escape (\\theta too: LaTeX), then try once more
+            obj = json.loads(_LONE_BACKSLASH.sub(lambda m: m.group(0) if m.group(1) else "\\\\", text))
+        except json.JSONDecodeError:
+            raise InvalidOutput(f"not valid JSON ({e.msg} at char {e.pos})") from None
     if not isinstance(obj, dict):
         raise InvalidOutput(f"expected a JSON object, got {type(obj).__name__}")
     return obj

@@ -104,5 +104,6 @@ def save_run_settings(out_file: str, cfg: Config, prompt: Any, prompt_sha: str, 
                      model=cfg.llm_model, prompt_sha256=prompt_sha, temperature=cfg.llm_temperature))
     public = settings.public_settings(cfg, llm_base_url=public_url,
                                       prompt={"id": prompt.id, "sha256": prompt_sha, "system": prompt.system,
-                                              "user": prompt.user, "retry": prompt.retry}, runs=runs)
+                                              "user": prompt.user, "retry": prompt.retry,
+                                              "examples": prompt.examples}, runs=runs)
     return files.write_json_atomic(target, public, indent=2, sort_keys=True)

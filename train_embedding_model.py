@@ -45,9 +45,9 @@ from settings import Config, SettingsError
 from contrastive import (contrastive_loss, contrastive_step, rng_state, set_rng_state,  # noqa: F401 -- re-exported
                          training_pairs)
 from distributed import join_processes, world_and_rank
-from load_data import (Summaries, append_jsonl, batches_without_duplicates, load_corpus, load_summaries, repair_tail,
+from load_data import (append_jsonl, batches_without_duplicates, load_corpus, load_summaries, repair_tail,
                        split_validation)
-from model import (default_max_length, encode, load_model, partner_ranks, recover_interrupted_save, resolve_device,
+from model import (default_max_length, encode, load_model, partner_ranks, resolve_device,
                    resolve_model_settings, save_model, transformer_of)
 from run_folder import TrainingError, check_same_run, clear_outputs, locked, run_identity, start_afresh
 from sarcse import ReconstructionHead, token_weights
@@ -117,7 +117,7 @@ class Run:
     device: torch.device
     main_process: bool
     identity: dict[str, Any]                # its settings and data hash (run_folder.run_identity)
-    train: Summaries
+    train: dict[str, list[str]]             # paper id -> its summaries (training papers only)
     val_texts: tuple[list[str], list[str]]  # each held-out paper's first summary, and its second
     val_papers: list[dict]                  # validation_corpus_file's papers (Title-Abstract), or []
     batches_of: Callable[[int], list[list[tuple[str, int, int]]]]  # epoch -> its batches of pairs
@@ -149,12 +149,12 @@ def _start(cfg: Config, run_dir: str, device: torch.device, main_process: bool, 
     """Check and load everything a run needs, then (main process) clear an earlier run if this one
     starts afresh and write settings.json: a refused start writes nothing."""
     last_dir = os.path.join(run_dir, "last")
-    recover_interrupted_save(last_dir)
+    files.recover_interrupted_folder(last_dir)
     fresh = start_afresh(run_dir, resume, overwrite)  # refuses a folder holding another run
     identity = run_identity(cfg)
-    summaries = load_summaries(cfg.train_summaries_file)  # an index: texts are read batch by batch
+    summaries = load_summaries(cfg.train_summaries_file)
     train_ids, val_ids = split_validation(summaries, cfg.validation_size, cfg.seed)
-    train = summaries.subset(train_ids)
+    train = {pid: summaries[pid] for pid in train_ids}
     # Validation: each held-out paper's first summary must find its second among all second ones.
     val_texts = [summaries[i][:2] for i in sorted(val_ids)]
     val_papers = _validation_corpus(cfg)
@@ -182,7 +182,8 @@ def _start(cfg: Config, run_dir: str, device: torch.device, main_process: bool, 
         files.save_settings(run_dir, cfg, temperature_in_use=settings.temperature_for(cfg),
                                processes=world_and_rank()[0], data_sha256=identity["data_sha256"])
         repair_tail(os.path.join(run_dir, "log.jsonl"))  # a run killed mid-record left half a line
-    batches_of = functools.lru_cache(maxsize=1)(functools.partial(epoch_batches, train.counts, cfg))
+    counts = {pid: len(texts) for pid, texts in train.items()}  # pairs index into a paper's summaries
+    batches_of = functools.lru_cache(maxsize=1)(functools.partial(epoch_batches, counts, cfg))
     val = ([t[0] for t in val_texts], [t[1] for t in val_texts])
     return Run(cfg, run_dir, device, main_process, identity, train, val, val_papers, batches_of, state, model,
                train_model, tokenizer, head, optimizer, scaler)

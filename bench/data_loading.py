@@ -1,9 +1,9 @@
 """Training data at the paper's scale: 350k papers x 4 summaries (synthetic, ~25 words each), loaded
-three ways, each in a fresh process: load time, peak RSS above the imports, and the time to fetch one
-batch of 32 papers' summaries.
+two ways, each in a fresh process: load time, peak RSS above the imports, and the time to fetch one
+batch of 32 papers' summaries. (A third way, a byte-offset index that re-read each batch from the
+file, was training's loader until measured here; its figures are in bench/RESULTS.md.)
 
-- index: today's load_data.load_summaries (byte offsets per paper; each batch seeks and re-parses lines)
-- lists: every paper's summaries parsed once into a plain dict of lists in memory
+- lists: today's load_data.load_summaries (every line checked, each paper's summaries in a list)
 - arrow: Hugging Face `datasets` (JSON -> memory-mapped Arrow in a cache folder, then rows by index)
 
     python bench/data_loading.py [--papers=350000]
@@ -41,14 +41,8 @@ def one(way: str, path: str) -> dict:
         datasets.disable_progress_bars()
     import load_data
     base, start = rss_mb(), time.time()
-    if way == "index":
+    if way == "lists":
         data = load_data.load_summaries(path)
-        get = data.__getitem__
-        ids = list(data)
-    elif way == "lists":
-        data = {}
-        for line, _, obj in load_data.iter_records(path):
-            data.setdefault(obj["id"], []).extend(obj["summaries"])
         get, ids = data.__getitem__, list(data)
     else:
         cache = tempfile.mkdtemp()
@@ -80,7 +74,7 @@ def main() -> None:
         print(f"{papers} papers x 4 summaries, {os.path.getsize(path) / 2**20:.0f} MiB")
         print("| way | load (s) | peak RSS above imports (MiB) | one batch of 32 papers (ms) |")
         print("|---|---|---|---|")
-        for way in ("index", "lists", "arrow"):
+        for way in ("lists", "arrow"):
             out = subprocess.run([sys.executable, __file__, "--one", way, path], capture_output=True, text=True)
             if out.returncode:
                 print(f"| {way} | failed: {out.stderr.strip().splitlines()[-1]} |")

@@ -78,7 +78,12 @@ class FakeOpenAIServer:
     # -- the answer to one request: (HTTP status, JSON body, extra headers)
     def answer(self, body: dict, auth: str | None) -> tuple[int, dict, dict]:
         messages = body.get("messages", [])
-        user = next((m.get("content") or "" for m in messages if m.get("role") == "user"), "")  # the paper's
+        # The paper's message: the last user turn with an abstract (worked examples come before it,
+        # retries after it without one), else the first user turn.
+        users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
+        own = [i for i in users if "Abstract:" in (messages[i].get("content") or "")]
+        at = own[-1] if own else (users[0] if users else -1)
+        user = (messages[at].get("content") or "") if at >= 0 else ""
         with self.lock:  # counted on arrival, so a snapshot right after a client gives up is complete
             self.inflight += 1
             self.stats["max_inflight"] = max(self.stats["max_inflight"], self.inflight)
@@ -87,7 +92,7 @@ class FakeOpenAIServer:
             count = self.seen[_paper_key(user)]
             if "response_format" in body:
                 self.stats["with_response_format"] += 1
-            if len(messages) > 2:
+            if at + 1 < len(messages):
                 self.stats["with_feedback"] += 1
             if self.expected_key is not None:
                 self.stats["key_ok" if auth == f"Bearer {self.expected_key}" else "key_bad"] += 1
@@ -173,7 +178,7 @@ SUMMARY_TEMPLATES = [
 def _valid_content(user: str) -> str:
     text = user.split("Abstract:", 1)[-1]
     words = re.findall(r"[A-Za-z]+", text)[:12] or ["nothing"]
-    m = re.search(r"Write (\d+) different summaries", user)
+    m = re.search(r"Write (\d+) different (?:one-sentence )?summaries", user)
     if m:
         n = int(m.group(1))
         a, b = (sorted(set(w.lower() for w in words) - {"paper", "fake"}, key=lambda w: (-len(w), w))

@@ -1,5 +1,4 @@
 """Data formats: clear errors with file and line, skipped papers reported, pairs, the batch sampler."""
-import json
 import random
 from collections import Counter
 
@@ -60,20 +59,17 @@ def test_pairs_are_every_pair_of_different_summaries():
     assert len({p[1] < p[2] for p in pairs}) == 2  # both orientations occur
 
 
-def test_summaries_are_an_index_read_on_demand(tmp_path):
+def test_summaries_of_one_paper_on_several_lines_merge_in_file_order(tmp_path, capsys):
     p = write_jsonl(tmp_path / "s.jsonl", [{"id": "a", "summaries": ["one", "two"]}, {"id": "b", "summaries": ["x", "y"]},
-                                           {"id": "a", "summaries": ["two", "three"]}])
-    s = L.load_summaries(p)
-    assert s.counts == {"a": 3, "b": 2} and s["a"] == ["one", "two", "three"]
-    assert s.subset(["b"]) == {"b": ["x", "y"]}
-    with open(p, "r+") as f:  # a paper's line rewritten in place with other summaries: named, never misread
-        f.write(json.dumps({"id": "a", "summaries": ["one", "won"]}))  # same length as the line it replaces
-    with pytest.raises(L.DataError, match=r"changed while in use \(paper 'a' now has 4 distinct summaries, not 3\)"):
-        s["a"]
-    with open(p, "w") as f:  # the file is replaced while training reads it: named, never wrong texts
-        f.write(json.dumps({"id": "zzz", "summaries": ["u", "v"]}) + "\n" * 40)
-    with pytest.raises(L.DataError, match=r"s.jsonl: changed while in use \(byte \d+ no longer starts paper 'b'\)"):
-        s["b"]
+                                           {"id": "a", "summaries": ["two", " three "]}, {"id": "c", "summaries": ["z"]},
+                                           {"id": "d", "summaries": ["w", "w", ""]}])
+    assert L.load_summaries(p) == {"a": ["one", "two", "three"], "b": ["x", "y"]}  # distinct, stripped
+    err = capsys.readouterr().err
+    assert "paper 'c' has 1 distinct summaries, needs 2; skipped" in err and "skipped 2 papers" in err
+    with open(p, "a") as f:
+        f.write('{"id": "e", "summaries": ["u", 3]}\n')
+    with pytest.raises(L.DataError, match=r"s.jsonl:6: field 'summaries' must be a list of strings"):
+        L.load_summaries(p)
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -71,14 +71,13 @@ def test_summaries_end_to_end(server, tmp_path):
     assert (stats["done"], stats["failed"], stats["skipped"]) == (6, 0, 0)
     out = cfg.generated_summaries_file
     recs = lines(out)
-    example = json.dumps({"summaries": [f"summary {i}" for i in range(1, 5)]})
-    sha = gs.SUMMARY_PROMPT.sha256({"n": 4, "min_words": gs.MIN_WORDS, "max_words": gs.MAX_WORDS, "example": example})
+    sha = gs.SUMMARY_PROMPT.sha256(gs.prompt_values(4))
     assert [r["id"] for r in recs] == [f"p{i}" for i in range(6)]  # sorted, one line each
     for r in recs:
         assert len(r["summaries"]) == 4 and len(set(r["summaries"])) == 4
         assert r["model"] == "local-model" and r["served_model"] == "fake/local-model"
         assert r["server"] == server.base_url.split("//")[1].split("/")[0]
-        assert (r["prompt"], r["prompt_sha256"]) == ("train_summary/v2", sha)
+        assert (r["prompt"], r["prompt_sha256"]) == ("train_summary/v3", sha)
         assert r["sampling"] == {"temperature": 0.7, "top_p": 0.95, "max_tokens": 512}
         assert r["response_format"] == "json_object" and r["finish_reason"] == "stop" and r["attempts"] == 1
         assert r["usage"]["completion_tokens"] > 0 and r["seconds"] >= 0 and "status" not in r
@@ -420,3 +419,35 @@ def test_redirects_are_not_followed(tmp_path):
     finally:
         redirecting.stop()
         elsewhere.stop()
+
+
+def test_summary_prompt_shows_worked_examples_before_the_paper():
+    # The examples are earlier chat turns, each answer showing n + EXTRA_CANDIDATES summaries that pass
+    # the generator's own checks (a shown answer that broke the rules would teach breaking them).
+    n = 4
+    values = gs.prompt_values(n)
+    paper = {"id": "x", "title": "A title here", "abstract": "An abstract about things."}
+    msgs = gs.SUMMARY_PROMPT.messages(paper, **values)
+    assert [m["role"] for m in msgs] == ["system"] + ["user", "assistant"] * len(gs.EXAMPLES) + ["user"]
+    assert msgs[-1]["content"].endswith("Title: A title here\nAbstract: An abstract about things.")
+    assert f"Write {n + gs.EXTRA_CANDIDATES} different" in msgs[-1]["content"]
+    for (title, abstract, _), answer in zip(gs.EXAMPLES, msgs[2:-1:2]):
+        shown = json.loads(answer["content"])["summaries"]
+        assert len(shown) == n + gs.EXTRA_CANDIDATES
+        example = {"title": title, "abstract": abstract}
+        assert [gs.summary_problem(t, example, shown[:i]) for i, t in enumerate(shown)] == [None] * len(shown)
+    # Another n changes what is asked and shown, hence the hash written into every line.
+    assert gs.SUMMARY_PROMPT.sha256(gs.prompt_values(3)) != gs.SUMMARY_PROMPT.sha256(values)
+    assert len(json.loads(gs.SUMMARY_PROMPT.messages(paper, **gs.prompt_values(3))[2]["content"])["summaries"]) == 5
+
+
+def test_latex_backslashes_in_an_answer_are_read_as_text():
+    # Models copy LaTeX from abstracts ("\alpha", "\theta") into JSON strings unescaped: invalid JSON
+    # that is still the answer. Real escapes keep their meaning; anything else stays refused.
+    from llm import InvalidOutput, parse_json
+
+    got = parse_json(r'{"summaries": ["an \alpha-attractor with \theta \u00e9 and \"quotes\"", "line\n break", "\nu"]}')
+    # (before a letter, \n \t \b \f \r are LaTeX, \nu or \theta, once the answer is invalid JSON at all)
+    assert got == {"summaries": ['an \\alpha-attractor with \\theta é and "quotes"', "line\n break", "\\nu"]}
+    with pytest.raises(InvalidOutput, match=r"not valid JSON \(Expecting"):
+        parse_json('{"summaries": ["unterminated"')

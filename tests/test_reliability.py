@@ -123,8 +123,8 @@ def test_lines_over_the_limit_and_folders_are_named(tmp_path, monkeypatch):
 
 
 def test_streaming_readers_hold_one_line_not_the_file(tmp_path):
-    """A 40 MB corpus is checked, compacted and repaired, and a 40 MB summaries file indexed for
-    training, with a few MB of Python memory (tracemalloc): what they keep is ids, offsets and one line."""
+    """A 40 MB corpus is checked, compacted and repaired with a few MB of Python memory (tracemalloc):
+    what they keep is ids, offsets and one line. Training's summaries are held in memory, as lists."""
     import tracemalloc
 
     p, s = tmp_path / "big.jsonl", tmp_path / "summaries.jsonl"
@@ -135,10 +135,10 @@ def test_streaming_readers_hold_one_line_not_the_file(tmp_path):
             g.write(json.dumps({"id": f"p{i:04d}", "summaries": [f"{k} {filler[:5000]}" for k in range(4)]}) + "\n")
         f.write('{"id": "p9999", "title": "cut sh')  # a killed writer's last line
     assert p.stat().st_size > 40e6 and s.stat().st_size > 40e6
+    summaries = L.load_summaries(str(s))
+    assert len(summaries) == 2000 and len(summaries["p0007"]) == 4 and summaries["p0007"][3].startswith("3 ")
     tracemalloc.start()
     try:
-        summaries = L.load_summaries(str(s))
-        assert len(summaries) == 2000 and summaries.counts["p0007"] == 4 and summaries["p0007"][3].startswith("3 ")
         L.repair_tail(str(p))
         n = sum(1 for _ in L.iter_corpus(str(p)))
         offsets = {r["id"]: o for _, o, r in L.iter_records(str(p)) if int(r["id"][1:]) % 2 == 0}

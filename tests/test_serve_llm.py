@@ -116,7 +116,7 @@ def test_serves_and_prints_the_base_url(tiny_model, fake_binary, capsys):
     assert serve_llm.main(["--model=tiny", f"--dir={tiny_model}", f"--port={port}", f"--binary={fake_binary}",
                            "--slots=3", "--ctx_per_slot=1024"]) == 0  # the stand-in ends after one request
     out, err = capsys.readouterr()
-    assert f"-np 3 -c 3072" in out and "--alias tiny" in out and "--llm_model=tiny" in out
+    assert "-np 3 -c 3072" in out and "--alias tiny" in out and "--llm_model=tiny" in out
     assert f"OPENAI_BASE_URL=http://127.0.0.1:{port}/v1" in out
     assert "error: something to show" in err and "loading model" not in err
 
@@ -153,3 +153,52 @@ def test_bench_compares_one_and_n_in_flight(tmp_path, capsys):
     assert rows[1]["papers_per_min"] > 2 * rows[0]["papers_per_min"]
     assert all(r["completion_tokens_per_s"] > 0 for r in rows)
     assert "| in flight | papers |" in capsys.readouterr().out
+
+
+def _split_zip_model(tmp_path, monkeypatch, members: dict) -> str:
+    """A zip of `members` cut into two chunk wheels in tmp/parts, registered as registry_models 'tiny-st'."""
+    import io
+
+    import registry_models
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    blob = buf.getvalue()
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    for i, chunk in enumerate((blob[:100], blob[100:]), 1):
+        with zipfile.ZipFile(parts / f"st_part{i}-0.0.1-py3-none-any.whl", "w") as z:
+            z.writestr(f"st_part{i}/m.zip.{i}", chunk)
+    monkeypatch.setitem(registry_models.MODELS, "tiny-st", ([f"st-part{i}==0.0.1" for i in (1, 2)],
+                                                            [f"st_part{i}/m.zip.{i}" for i in (1, 2)],
+                                                            hashlib.sha256(blob).hexdigest()))
+    monkeypatch.setattr(registry_models.subprocess, "run", lambda *a, **k: pytest.fail("nothing may be downloaded"))
+    return str(tmp_path)
+
+
+def test_sentence_transformers_model_from_chunk_packages(tmp_path, monkeypatch, capsys):
+    import registry_models
+
+    folder = _split_zip_model(tmp_path, monkeypatch, {"tiny-st/modules.json": "[]", "tiny-st/config.json": "{}"})
+    assert registry_models.main(["tiny-st", folder]) == 0
+    target = capsys.readouterr().out.strip()
+    assert target == os.path.join(folder, "tiny-st") and sorted(os.listdir(target)) == ["config.json", "modules.json"]
+    assert not os.path.exists(os.path.join(folder, "tiny-st.zip"))  # unpacked, the joined zip removed
+    assert registry_models.main(["tiny-st", folder]) == 0  # made once; a second call finds it
+
+
+def test_chunk_packages_with_wrong_hash_or_escaping_paths_are_refused(tmp_path, monkeypatch, capsys):
+    import registry_models
+
+    folder = _split_zip_model(tmp_path, monkeypatch, {"../evil.txt": "x" * 200})
+    assert registry_models.main(["tiny-st", folder]) == 2
+    assert "a member path leaves its folder; not unpacked" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path.parent / "evil.txt")
+    packages, members, _ = registry_models.MODELS["tiny-st"]
+    monkeypatch.setitem(registry_models.MODELS, "tiny-st", (packages, members, "0" * 64))
+    assert registry_models.main(["tiny-st", folder]) == 2
+    err = capsys.readouterr().err
+    assert "the joined zip has sha256" in err and len(err.strip().splitlines()) == 1
+    assert registry_models.main(["no-such-model"]) == 2
