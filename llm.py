@@ -353,21 +353,23 @@ _LONE_BACKSLASH = re.compile(r'\\(\\|"|/|u[0-9a-fA-F]{4}|[bfnrt](?![A-Za-z]))?')
 
 
 def parse_json(text: str) -> dict:
-    """The JSON object in a model's answer; tolerates a ```json fence (servers without JSON mode) and a
-    lone backslash (LaTeX from the abstract, "\\alpha", which JSON does not allow unescaped)."""
+    """The JSON object in a model's answer; tolerates a ```json fence (servers without JSON mode), text
+    after the object (a small model's remarks) and a lone backslash (LaTeX from the abstract, "\\alpha",
+    which JSON does not allow unescaped)."""
     text = text.strip()
     if not text:
         raise InvalidOutput("empty content")
     fenced = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", text, flags=re.S)
     if fenced:
         text = fenced.group(1)
+    first = json.JSONDecoder().raw_decode  # the first JSON value of the text, and where it ends
     try:
-        obj = json.loads(text)
+        obj = first(text)[0]
     except json.JSONDecodeError as e:
         if not e.msg.startswith("Invalid \\escape"):
             raise InvalidOutput(f"not valid JSON ({e.msg} at char {e.pos})") from None
         try:  # escape every backslash that starts no JSON escape (\\theta too: LaTeX), then try once more
-            obj = json.loads(_LONE_BACKSLASH.sub(lambda m: m.group(0) if m.group(1) else "\\\\", text))
+            obj = first(_LONE_BACKSLASH.sub(lambda m: m.group(0) if m.group(1) else "\\\\", text))[0]
         except json.JSONDecodeError:
             raise InvalidOutput(f"not valid JSON ({e.msg} at char {e.pos})") from None
     if not isinstance(obj, dict):

@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="qwen2.5-coder-1.5b-instruct-q4_k_m", choices=sorted(MODELS))
     p.add_argument("--slots", type=int, default=4, help="parallel sequences (requests served at once)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads of llama.cpp")
-    p.add_argument("--ctx_per_slot", type=int, default=2048, help="context tokens per slot (prompt+answer)")
+    p.add_argument("--ctx_per_slot", type=int, default=4096,  # v3 summaries: ~1,100 tokens of examples, the
+                   help="context tokens per slot (prompt+answer)")  # abstract, 2 answers and a retry message
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--dir", default=os.path.expanduser("~/.cache/semcse/llm"), help="where the GGUF is kept")
     p.add_argument("--binary", default="", help="llama-server executable (default: found on PATH)")

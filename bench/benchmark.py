@@ -66,7 +66,7 @@ def one_size(n: int, cfg: dict, queue) -> None:
 
 if __name__ == "__main__":
     flags = cli.parse_command_line(flags={"sizes": "1000,5000,20000"})
-    rows = [run_in_child(one_size, int(n), settings.resolved()) for n in flags["sizes"].split(",")]
+    rows = [run_in_child(one_size, int(n), settings.resolved().as_dict()) for n in flags["sizes"].split(",")]
     print(f"\nbenchmark scoring, metric {settings.metric if settings.metric != 'auto' else 'euclidean'}, k={settings.knn_k}, cpu ({os.cpu_count()} cores)")
     print("| papers | total s | title-abstract s | segments s | query s | clustering s | peak RSS MiB | "
           "full n x n float64 matrix MiB |\n|---|---|---|---|---|---|---|---|")

@@ -83,7 +83,8 @@ if __name__ == "__main__":
     import torch
 
     flags = cli.parse_command_line(flags={"repeats": 3, "n_texts": 256})
-    r = {side: run_in_child(run_side, side, settings.resolved(), flags["repeats"], flags["n_texts"]) for side in SIDES}
+    cfg = settings.resolved().as_dict()
+    r = {side: run_in_child(run_side, side, cfg, flags["repeats"], flags["n_texts"]) for side in SIDES}
     device = "cuda" if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores, torch {torch.__version__})"
     print(f"encode: {r['ours']['n']} title+abstract texts of {settings.benchmark_corpus_file}, batch "
           f"{settings.encode_batch_size}, max_length {settings.benchmark_max_length or 'the model’s own (256)'}, "

@@ -80,16 +80,19 @@ def bench_server(base_url: str, papers: int = 8, slots: int = 4, model: str = "q
         for conc in dict.fromkeys((1, slots)):
             out = os.path.join(tmp, f"s_{conc}.jsonl")
             cfg = settings.resolved(llm_base_url=base_url, llm_model=model, generation_corpus_file=sample,
-                                    generated_summaries_file=out, llm_concurrency=conc, llm_retries=retries)
+                                    generated_summaries_file=out, llm_concurrency=conc, llm_retries=retries,
+                                    llm_timeout=900.0)  # 1.5B on 2 CPU cores: a long answer can take minutes
             start = time.perf_counter()
             stats = generate_train_summaries.generate_summaries(cfg)
             seconds = time.perf_counter() - start
             tokens = sum(_completion_tokens(path) for path in (out, out.replace(".jsonl", ".failures.jsonl")))
+            usable = sum(len(r["summaries"]) for _, r in iter_jsonl(out)) if os.path.exists(out) else 0
             rows.append({"concurrency": conc, "papers": papers, "done": stats["done"], "failed": stats["failed"],
                          "seconds": round(seconds, 1), "papers_per_min": round(60 * papers / seconds, 2),
+                         "usable_summaries_per_min": round(60 * usable / seconds, 2),
                          "completion_tokens_per_s": round(tokens / seconds, 1)})
-    print("| in flight | papers | done | failed | seconds | papers/min | completion tokens/s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| in flight | papers | done | failed | seconds | papers/min | usable summaries/min | completion tokens/s |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print("| " + " | ".join(str(v) for v in r.values()) + " |")
     return rows

@@ -116,8 +116,8 @@ if __name__ == "__main__":
     import torch
 
     flags = cli.parse_command_line(flags={"steps": 20})
-    a = run_in_child(ours, settings.resolved(), flags["steps"])
-    b = run_in_child(theirs, settings.resolved(), flags["steps"])
+    a = run_in_child(ours, settings.resolved().as_dict(), flags["steps"])
+    b = run_in_child(theirs, settings.resolved().as_dict(), flags["steps"])
     n = flags["steps"] * settings.batch_size
     device = "cuda" if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores, torch {torch.__version__})"
     print(f"train: {flags['steps']} timed steps of {settings.batch_size} pairs, max_length {settings.max_length}, "

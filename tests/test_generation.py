@@ -449,5 +449,7 @@ def test_latex_backslashes_in_an_answer_are_read_as_text():
     got = parse_json(r'{"summaries": ["an \alpha-attractor with \theta \u00e9 and \"quotes\"", "line\n break", "\nu"]}')
     # (before a letter, \n \t \b \f \r are LaTeX, \nu or \theta, once the answer is invalid JSON at all)
     assert got == {"summaries": ['an \\alpha-attractor with \\theta é and "quotes"', "line\n break", "\\nu"]}
+    # A remark after the object (small models add one) is not part of the answer.
+    assert parse_json('{"summaries": ["a", "b"]}\nI hope these help!') == {"summaries": ["a", "b"]}
     with pytest.raises(InvalidOutput, match=r"not valid JSON \(Expecting"):
         parse_json('{"summaries": ["unterminated"')

@@ -152,6 +152,7 @@ def test_bench_compares_one_and_n_in_flight(tmp_path, capsys):
     assert [(r["concurrency"], r["done"]) for r in rows] == [(1, 4), (4, 4)]
     assert rows[1]["papers_per_min"] > 2 * rows[0]["papers_per_min"]
     assert all(r["completion_tokens_per_s"] > 0 for r in rows)
+    assert all(r["usable_summaries_per_min"] == pytest.approx(4 * r["papers_per_min"], rel=0.01) for r in rows)
     assert "| in flight | papers |" in capsys.readouterr().out
 
 
