@@ -25,9 +25,10 @@ def main(resume: bool = False, overwrite: bool = False) -> None:
     ensure_default_data(cfg.data_dir)
     best_dir = train_embedding_model(cfg, resume=resume, overwrite=overwrite)
     model, tokenizer = load_model(best_dir, cfg.device, offline=cfg.offline, trust_remote_code=cfg.trust_remote_code)
+    model = for_scoring(model, cfg.precision)  # only scored from here: bf16 weights where autocast is bf16
     # The paper's evaluation call, with the untrained encoder scored the same way beside the trained one:
     # the table then reads base -> trained, and Perf. is 0 at the base (> 0 reads "training helped").
-    evaluate_model_semantics(for_scoring(model, cfg.precision), tokenizer, output_processing="last_hidden", metric=cfg.metric,
+    evaluate_model_semantics(model, tokenizer, output_processing="last_hidden", metric=cfg.metric,
                              baseline=cfg.encoder_checkpoint, overwrite=overwrite, cfg=cfg)
 
 

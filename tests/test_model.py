@@ -68,6 +68,16 @@ def test_encode_keeps_input_order_and_bf16_is_close(tiny_model_dir):
         M.encode(model, tok, ["word " * 300], max_length=400)
 
 
+def test_a_model_only_scored_gets_bf16_weights_and_close_vectors(tiny_model_dir):
+    model, tok = M.load_model(tiny_model_dir, "cpu")
+    full = M.encode(model, tok, TEXTS, batch_size=2, max_length=32, precision="fp32")
+    assert M.for_scoring(model, "fp32") is model and next(model.parameters()).dtype == torch.float32
+    scored = M.encode(M.for_scoring(model, "auto"), tok, TEXTS, batch_size=2, max_length=32)
+    assert next(model.parameters()).dtype == torch.bfloat16 and scored.dtype == np.float32  # bf16 on the CPU
+    cos = (full * scored).sum(1) / np.linalg.norm(full, axis=1) / np.linalg.norm(scored, axis=1)
+    assert cos.min() > 0.99
+
+
 def test_similarity_is_one_definition_for_torch_and_numpy():
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(5, 3)), rng.normal(size=(4, 3))
