@@ -369,10 +369,10 @@ def load_for_scoring(path: str, pooling: str, role: str, trained: str, cfg: Conf
         own = resolve_model_settings(cfg.replace(pooling="auto", metric="auto"), trained)
         m, tok = load_model(path, cfg.device, pooling=own.pooling, metric=own.metric, offline=cfg.offline,
                             trust_remote_code=cfg.trust_remote_code)
-        return for_scoring(m, cfg.precision), tok
-    m, tok = load_model(path, cfg.device, offline=cfg.offline, trust_remote_code=cfg.trust_remote_code)
-    if pooling not in ("auto", "") and m.plain_encoder:
-        set_pooling(m, pooling)
+    else:
+        m, tok = load_model(path, cfg.device, offline=cfg.offline, trust_remote_code=cfg.trust_remote_code)
+        if pooling not in ("auto", "") and m.plain_encoder:
+            set_pooling(m, pooling)
     return for_scoring(m, cfg.precision), tok
 
 

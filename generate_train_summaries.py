@@ -56,8 +56,8 @@ def generate_summaries(cfg: Config | None = None, limit: int = 0, dry_run: bool 
 
 
 # Two worked examples, written for this prompt (no corpus text). With Qwen2.5-Coder-1.5B the rules alone
-# gave near-copies of the abstract ("We introduce ..."); with the examples most summaries pass (measured
-# in docs/generation.md).
+# gave no paper 4 usable summaries ("We introduce ..."); with the examples about a third of the answers
+# do (docs/generation.md).
 EXAMPLES = (
     ("Debris cover and the melt of Himalayan glaciers",
      "Glaciers in high mountain regions are losing mass, but the contribution of debris cover to melt rates "
@@ -114,7 +114,7 @@ def prompt_values(n: int) -> dict:
     """The prompt's fixed values for n summaries per paper (hashed into every output line)."""
     k = n + EXTRA_CANDIDATES
     values = {"n": n, "candidates": k, "min_words": TARGET_WORDS[0], "max_words": TARGET_WORDS[1]}
-    # Each example answer shows k summaries (its own repeated cyclically would teach repeats: cap at six).
+    # Each example answer shows k of its six summaries (all six if k > 6: repeating one would teach repeats).
     values.update({f"answer_{i}": json.dumps({"summaries": ex[2][:k]}) for i, ex in enumerate(EXAMPLES, 1)})
     return values
 

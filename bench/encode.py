@@ -9,7 +9,8 @@ process (so peak memory, RSS or CUDA, is its own), warms up, then encodes all te
 the median time counts. Ours runs twice: as training's validation runs it (fp32 weights) and as the
 benchmark scores (model.for_scoring: bf16 weights where supported). Ours uses its defaults
 (length-sorted batches, inference mode, bf16 autocast where supported). The peers: sentence-transformers
-with its defaults (fp32), and sentence-transformers at its best on this hardware, the model loaded in bf16 (model_kwargs={"dtype": torch.bfloat16}).
+with its defaults (fp32), and sentence-transformers at its best on this hardware, the model loaded in
+bf16 (model_kwargs={"dtype": torch.bfloat16}).
 The last lines are the speed ratios.
 """
 import os

@@ -27,7 +27,8 @@ def pairs(n: int) -> list[tuple[str, str, str]]:
     from load_data import ensure_default_data, load_summaries, make_pairs
 
     s = load_summaries(ensure_default_data()["train_summaries"])
-    ps = [(pid, s[pid][i], s[pid][j]) for pid, i, j in make_pairs({pid: len(t) for pid, t in s.items()}, random.Random(0))]
+    counts = {pid: len(texts) for pid, texts in s.items()}
+    ps = [(pid, s[pid][i], s[pid][j]) for pid, i, j in make_pairs(counts, random.Random(0))]
     return (ps * (n // len(ps) + 1))[:n]
 
 
