@@ -72,7 +72,9 @@ eval_every = 20                 # optimizer steps between validations
 patience = 5                    # stop after this many validations without improvement (0 = never)
 seed = 0
 device = "auto"                 # "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1", ...
-precision = "auto"              # "auto" (bf16 where supported), "bf16", "fp16" (cuda only), "fp32"
+precision = "auto"              # "auto": the fastest correct one here, printed with its reason: bf16 on a GPU
+                                #   with bf16 (else fp16); on a CPU bf16 only where native (AVX512-BF16/AMX,
+                                #   confirmed by a timing), else fp32; or "bf16", "fp16" (cuda only), "fp32"
 encode_batch_size = 64          # texts per forward pass when encoding (validation, benchmark)
 objective = "semcse"            # "semcse": pairs of two different summaries of one abstract (the paper);
                                 # "simcse_unsup": each summary against itself under two dropout masks

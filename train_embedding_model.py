@@ -47,7 +47,7 @@ from contrastive import (contrastive_loss, contrastive_step, rng_state, set_rng_
 from distributed import join_processes, world_and_rank
 from load_data import (append_jsonl, batches_without_duplicates, load_corpus, load_summaries, repair_tail,
                        split_validation)
-from model import (default_max_length, encode, load_model, partner_ranks, resolve_device,
+from model import (default_max_length, encode, load_model, partner_ranks, resolve_device, resolve_precision,
                    resolve_model_settings, save_model, transformer_of)
 from run_folder import TrainingError, check_same_run, clear_outputs, locked, run_identity, start_afresh
 from sarcse import ReconstructionHead, token_weights
@@ -173,8 +173,7 @@ def _start(cfg: Config, run_dir: str, device: torch.device, main_process: bool, 
     params = [*model.parameters(), *(head.parameters() if head is not None else [])]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                   fused=device.type == "cuda")
-    fp16 = device.type == "cuda" and (cfg.precision == "fp16" or
-                                      (cfg.precision == "auto" and not torch.cuda.is_bf16_supported()))
+    fp16 = resolve_precision(device.type, cfg.precision) == "fp16"
     scaler = torch.amp.GradScaler(enabled=fp16)  # loss scaling wherever autocast runs in fp16
     if main_process:
         if fresh:

@@ -1,4 +1,6 @@
 """Saved models reload through AutoModel and SentenceTransformer with the same embeddings as encode()."""
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -72,10 +74,51 @@ def test_a_model_only_scored_gets_bf16_weights_and_close_vectors(tiny_model_dir)
     model, tok = M.load_model(tiny_model_dir, "cpu")
     full = M.encode(model, tok, TEXTS, batch_size=2, max_length=32, precision="fp32")
     assert M.for_scoring(model, "fp32") is model and next(model.parameters()).dtype == torch.float32
-    scored = M.encode(M.for_scoring(model, "auto"), tok, TEXTS, batch_size=2, max_length=32)
-    assert next(model.parameters()).dtype == torch.bfloat16 and scored.dtype == np.float32  # bf16 on the CPU
+    scored = M.encode(M.for_scoring(model, "bf16"), tok, TEXTS, batch_size=2, max_length=32, precision="bf16")
+    assert next(model.parameters()).dtype == torch.bfloat16 and scored.dtype == np.float32
     cos = (full * scored).sum(1) / np.linalg.norm(full, axis=1) / np.linalg.norm(scored, axis=1)
     assert cos.min() > 0.99
+
+
+@pytest.fixture
+def cpu_flags(monkeypatch):
+    """Pretend the CPU reports these capability flags and these matmul timings (ms by dtype)."""
+    def pretend(flags: dict, ms: dict | None = None):
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: dict(flags))
+        if ms is not None:
+            monkeypatch.setattr(M, "_matmul_ms", lambda dtype, repeats=5: ms[dtype])
+        M.resolve_precision.cache_clear()
+    yield pretend
+    M.resolve_precision.cache_clear()
+
+
+def test_auto_precision_is_fp32_on_a_cpu_without_native_bf16(cpu_flags, tiny_model_dir, capsys, monkeypatch):
+    timed = []
+    cpu_flags({"avx2": True, "avx512_bf16": False, "amx_bf16": False})
+    monkeypatch.setattr(M, "_matmul_ms", lambda dtype, repeats=5: timed.append(dtype) or 1.0)  # the flags decide
+    assert M.resolve_precision("cpu", "auto") == "fp32" and timed == []
+    assert M.resolve_precision("cpu", "auto") == "fp32"  # decided once per process, printed once
+    out = capsys.readouterr().out
+    assert out.count("precision: fp32 on cpu (this CPU") == 1 and "no native bf16" in out
+    model, tok = M.load_model(tiny_model_dir, "cpu")
+    assert next(M.for_scoring(model, "auto").parameters()).dtype == torch.float32
+    assert isinstance(M.autocast(torch.device("cpu"), "auto"), contextlib.nullcontext)
+
+
+def test_auto_precision_is_bf16_only_where_native_and_measured_faster(cpu_flags, capsys):
+    cpu_flags({"avx512_bf16": True}, ms={torch.float32: 3.0, torch.bfloat16: 1.0})
+    assert M.resolve_precision("cpu", "auto") == "bf16"
+    assert "native bf16 (avx512_bf16), measured 3.0x" in capsys.readouterr().out
+    cpu_flags({"amx_bf16": True}, ms={torch.float32: 1.0, torch.bfloat16: 1.0})  # flags a VM does not honour
+    assert M.resolve_precision("cpu", "auto") == "fp32"
+    assert "reports amx_bf16 but bf16 measured 1.00x" in capsys.readouterr().out
+
+
+def test_explicit_precision_is_kept_and_fp16_needs_cuda(cpu_flags):
+    cpu_flags({"avx2": True})
+    assert M.resolve_precision("cpu", "bf16") == "bf16" and M.resolve_precision("cpu", "fp32") == "fp32"
+    with pytest.raises(M.ModelError, match="fp16 needs a CUDA device"):
+        M.resolve_precision("cpu", "fp16")
 
 
 def test_similarity_is_one_definition_for_torch_and_numpy():
