@@ -28,8 +28,8 @@ import files
 import settings
 from settings import Config
 from load_data import DataError, ensure_default_data, load_corpus
-from model import (ModelError, default_max_length, encode, for_scoring, load_model, resolve_model_settings,
-                   scoring_of, set_pooling, short_name)
+from model import (ModelError, default_max_length, encode, for_scoring, load_model, saved_scoring, scoring_of,
+                   set_pooling, short_name)
 from semantic_benchmark import (COLUMNS, TASKS, load_queries, paper_text, perf_scores, task_abstract_segments,
                                 task_clustering, task_query, task_sts_b, task_title_abstract)
 
@@ -366,9 +366,9 @@ def load_for_scoring(path: str, pooling: str, role: str, trained: str, cfg: Conf
     the trained model's pooling and similarity (so both are scored alike); an explicit --pooling applies
     to plain encoders only."""
     if role == "base" and os.path.isdir(trained):
-        own = resolve_model_settings(cfg.replace(pooling="auto", metric="auto"), trained)
-        m, tok = load_model(path, cfg.device, pooling=own.pooling, metric=own.metric, offline=cfg.offline,
-                            trust_remote_code=cfg.trust_remote_code)
+        own = saved_scoring(trained, cfg.offline)  # pooling, similarity and normalization of the trained model
+        m, tok = load_model(path, cfg.device, pooling=own["pooling"], metric=own["metric"],
+                            normalize=own["normalized"], offline=cfg.offline, trust_remote_code=cfg.trust_remote_code)
     else:
         m, tok = load_model(path, cfg.device, offline=cfg.offline, trust_remote_code=cfg.trust_remote_code)
         if pooling not in ("auto", "") and m.plain_encoder:

@@ -91,8 +91,17 @@ def grad_cache(forward: Callable[[list[str]], torch.Tensor], texts: list[str], s
 
 
 def contrastive_loss(a: torch.Tensor, b: torch.Tensor, metric: str, temperature: float) -> torch.Tensor:
-    """Symmetric in-batch InfoNCE. a, b: [batch, dim], row i of a and b are a positive pair."""
-    logits = similarity(a, b, metric) / temperature  # [batch, batch]; the scoring's similarity too
+    """Symmetric in-batch InfoNCE. a, b: [batch, dim], row i of a and b are a positive pair.
+
+    Euclidean: minus the distances, in units of this batch's mean distance between non-partners (a
+    constant for the gradient). Cosine lies in [-1, 1] whatever the vectors; raw distances do not
+    (MiniLM's raw CLS vectors lie ~6 apart, unit vectors ~1, a random encoder's ~0.01), so a fixed
+    temperature would make the softmax flat for one and explode for another."""
+    sim = similarity(a, b, metric)  # [batch, batch]; the scoring's similarity too
+    if metric == "euclidean":
+        partners = torch.eye(len(a), dtype=torch.bool, device=a.device)
+        sim = sim / (-sim[~partners]).mean().detach() if len(a) > 1 else sim
+    logits = sim / temperature
     labels = torch.arange(len(a), device=a.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 

@@ -47,12 +47,13 @@ class ModelError(settings.UserError, ValueError):
 
 
 def load_model(name_or_path: str, device: str = "auto", pooling: str = "auto", metric: str = "auto", *,
-               offline: bool = True, trust_remote_code: bool = False
+               normalize: bool | None = None, offline: bool = True, trust_remote_code: bool = False
                ) -> tuple[SentenceTransformer, PreTrainedTokenizerBase]:
     """(model, tokenizer): a sentence-transformers pipeline in eval mode on `device`.
 
     A sentence-transformers folder keeps its modules, max_seq_length and similarity; a plain encoder
-    gets Transformer + Pooling. `pooling` / `metric` other than "auto" replace the model's own.
+    gets Transformer + Pooling. `pooling` / `metric` other than "auto" replace the model's own;
+    `normalize` True / False adds / drops a Normalize module (None: the model's own).
     `offline` (the setting): a Hugging Face name is looked up only in the local cache, never downloaded.
     """
     label = str(name_or_path)
@@ -75,6 +76,9 @@ def load_model(name_or_path: str, device: str = "auto", pooling: str = "auto", m
         set_pooling(model, pooling, label)
     if metric != "auto":
         model.similarity_fn_name = metric
+    if normalize is not None and set_normalize(model, normalize):
+        print(f"note: {label}: {'a Normalize module added' if normalize else 'its Normalize module dropped'} "
+              f"({'unit' if normalize else 'raw'} vectors{', as the released SemCSE' if metric == 'euclidean' else ''})")
     model.name_or_path = label  # what the user named it, for messages and tables
     model.plain_encoder = modules is None  # wrapped here, not a sentence-transformers folder
     return model.to(resolve_device(device)).eval(), model.tokenizer
@@ -98,7 +102,7 @@ def resolve_model_settings(cfg: Config, model: SentenceTransformer | str) -> Con
     if cfg.pooling != "auto" and cfg.metric != "auto":
         return cfg
     if isinstance(model, str):
-        own = _saved_scoring(model, cfg.offline)
+        own = saved_scoring(model, cfg.offline)
     else:
         model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
         own = {"pooling": pooling_of(model), "metric": model.similarity_fn_name}
@@ -126,6 +130,17 @@ def set_pooling(model: SentenceTransformer, pooling: str, label: str = "") -> No
                 model._modules[name] = Pooling(module.embedding_dimension, pooling_mode=pooling)
             return
     raise ModelError(f"{label or _name(model)}: has no Pooling module to set to '{pooling}'")
+
+
+def set_normalize(model: SentenceTransformer, normalize: bool) -> bool:
+    """Make the pipeline end with unit vectors (True: a Normalize module is appended if it has none) or
+    raw ones (False: every Normalize module is dropped). Returns whether the modules changed."""
+    names = [name for name, m in model.named_children() if isinstance(m, Normalize)]
+    if normalize and not names:
+        model.append(Normalize())
+    for name in names if not normalize else []:
+        del model._modules[name]
+    return bool(normalize) != bool(names)
 
 
 def transformer_of(model: SentenceTransformer) -> PreTrainedModel:
@@ -396,19 +411,21 @@ def _position_limit(encoder: PreTrainedModel) -> int:
     return limit
 
 
-def _saved_scoring(name_or_path: str, offline: bool) -> dict:
-    """pooling and metric of a model folder from its files: a sentence-transformers folder's
-    1_Pooling and similarity_fn_name (cosine when unset, as sentence-transformers), else cls/euclidean."""
+def saved_scoring(name_or_path: str, offline: bool = True) -> dict:
+    """pooling, metric and normalization of a model folder from its files, without loading weights: a
+    sentence-transformers folder's 1_Pooling, similarity_fn_name (cosine when unset, as
+    sentence-transformers) and Normalize module; a plain encoder: cls, euclidean, not normalized."""
     folder = _local_folder(name_or_path, offline)
     if not is_sentence_transformers_folder(folder):
-        return {"pooling": "cls", "metric": "euclidean"}
+        return {"pooling": "cls", "metric": "euclidean", "normalized": False}
     modules = _module_list(folder, name_or_path)
     pool = next((m["path"] for m in modules if m["type"].endswith("Pooling")), None)
     c = _read_json(os.path.join(folder, pool, "config.json")) if pool else {}
     pooling = c.get("pooling_mode") or ("cls" if c.get("pooling_mode_cls_token") else
                                         "mean" if c.get("pooling_mode_mean_tokens") else "none")
     metric = _read_json(os.path.join(folder, "config_sentence_transformers.json")).get("similarity_fn_name")
-    return {"pooling": pooling, "metric": metric or "cosine"}
+    normalized = any(m["type"].endswith("Normalize") for m in modules)
+    return {"pooling": pooling, "metric": metric or "cosine", "normalized": normalized}
 
 
 def _read_json(path: str) -> dict:

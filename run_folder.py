@@ -25,7 +25,7 @@ from settings import Config
 # extending a run or moving it to another machine is what resume is for.
 RUN_SETTINGS = ("encoder_checkpoint", "metric", "pooling", "max_length", "objective", "batch_size", "learning_rate",
                 "weight_decay", "warmup_steps", "max_grad_norm", "temperature", "reconstruction_weight",
-                "validation_size", "seed", "select_best_by")
+                "validation_size", "seed", "select_best_by", "max_train_papers", "max_train_summaries")
 OUTPUTS = ("best", "last", "log.jsonl")  # what one run writes (and --overwrite removes), besides settings.json
 
 

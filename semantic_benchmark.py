@@ -23,8 +23,10 @@ Rank tasks report mean rank (the table's number), median rank, MRR, MRR@10 and a
 Perf. (the paper does not publish its formula; this one reproduces the paper's column from its
 table to within rounding when its zero points are used): per task a *linear* score, 0 at the run's
 reference model (setting perf_reference; "base" = the untrained base encoder, scored exactly like the
-trained model, so Perf. > 0 reads "training helped") and 1 at the best model of the run, clipped to
-[0, 1], averaged over the four tasks; mean rank for rank tasks, kNN agreement for clustering. A run
+trained model, so Perf. > 0 reads "training helped") and 1 at the best model of the run; a model worse
+than the reference goes below 0 (where no model beats the reference on a task, -1 is the worst model
+there), clipped to [-1, 1] so that one task cannot outweigh the others; averaged over the four tasks;
+mean rank for rank tasks, kNN agreement for clustering. A run
 without its reference model has no Perf. It depends on the run's models and corpus: it is NOT
 comparable across corpora, across runs with other models, or with the paper's numbers; the
 per-task figures are the result.
@@ -225,9 +227,11 @@ def perf_scores(results: dict[str, dict], reference: str) -> dict[str, tuple[flo
         have = {m: r["tasks"][task] for m, r in results.items() if task in r.get("tasks", {})}
         # higher is better: kNN agreement, or minus the mean rank (linear, as the paper's column)
         values = {m: t["knn_agreement"] if task == "clustering" else -t["mean_rank"] for m, t in have.items()}
-        zero, best = values[ref], max(values.values())
+        zero, best, worst = values[ref], max(values.values()), min(values.values())
+        # the unit: the best model's gain over the reference; where none gains, the worst one's loss
+        unit = best - zero if best > zero else zero - worst
         for m, v in values.items():
-            per_task[m][task] = float(np.clip((v - zero) / (best - zero), 0, 1)) if best > zero else 0.0
+            per_task[m][task] = float(np.clip((v - zero) / unit, -1, 1)) if unit > 0 else 0.0
     return {m: (float(np.mean(list(s.values()))) if s else None, s) for m, s in per_task.items()}
 
 

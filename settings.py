@@ -45,7 +45,9 @@ save_name = "SemCSE"            # the run's name; outputs go to output_dir/save_
 output_dir = "output"
 data_dir = "data"
 train_corpus_file = "data/train_corpus.jsonl"          # papers whose summaries we train on
-train_summaries_file = "data/train_summaries.jsonl"    # summaries used as training pairs
+train_summaries_file = "data/arxiv_llm_summaries.jsonl"  # summaries used as training pairs: 4,944 arXiv papers x 4
+                                                       #   LLM summaries (data/README.md); ACLSum's human aspect
+                                                       #   summaries: data/train_summaries.jsonl
 benchmark_corpus_file = "data/arxiv_benchmark.jsonl"   # held-out labelled arXiv papers for the benchmark
                                                        #   (ACLSum: data/benchmark_corpus.jsonl)
 queries_file = "data/arxiv_queries.jsonl"              # LLM search queries for the query task
@@ -57,10 +59,13 @@ learning_rate = 3e-5            # AdamW; the authors' follow-up uses 1e-5 on 350
 weight_decay = 1e-4
 warmup_steps = 20               # linear warm-up, then linear decay to 0 at the last step
 max_grad_norm = 1.0             # gradient clipping (L2 norm over all parameters)
-temperature = 0.0               # logits = similarity / temperature; 0 = the metric's default:
-                                #   cosine 0.05 (SimCSE); euclidean 1.0 (distances are unbounded)
+temperature = 0.0               # logits = similarity / temperature (0 = 0.05, SimCSE's); euclidean: minus the
+                                #   distance in units of the batch's mean distance between non-partners, so one
+                                #   value is equally sharp for both metrics whatever the vectors' scale
 epochs = 10                     # passes over all summary pairs
 max_steps = 0                   # >0 stops after this many optimizer steps (overrides epochs)
+max_train_papers = 0            # >0 trains on this many of the training papers (a seeded sample; data-size curves)
+max_train_summaries = 0         # >0 uses only each paper's first this-many summaries (2 = one pair a paper)
 validation_size = 50            # abstracts held out of training to validate on (partner-summary rank)
 validation_corpus_file = "data/arxiv_val.jsonl"  # held-out arXiv papers of the training pool (never a benchmark
                                 #   corpus), scored by Title-Abstract mean rank at every validation ("" = off)
@@ -149,7 +154,8 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "learning_rate": _at_least(0),      # 0 freezes the weights (a control run)
     "weight_decay": _at_least(0), "warmup_steps": _at_least(0), "max_grad_norm": _POSITIVE,
     "temperature": _at_least(0),        # 0 = the metric's default
-    "epochs": _at_least(1), "max_steps": _at_least(0),
+    "epochs": _at_least(1), "max_steps": _at_least(0), "max_train_papers": _at_least(0),
+    "max_train_summaries": ((lambda v: v == 0 or v >= 2), "0 (all) or >= 2 (a pair takes two)"),
     "validation_size": _at_least(2),    # a rank among one candidate is always 1
     "eval_every": _at_least(1), "patience": _at_least(0),
     "seed": ((lambda v: 0 <= v < 2 ** 32), "between 0 and 2**32 - 1"),
@@ -195,8 +201,10 @@ Config = dataclasses.make_dataclass(
 
 
 def temperature_for(cfg: Config) -> float:
-    """The temperature in use: the setting, or the metric's default when it is 0."""
-    return cfg.temperature or {"cosine": 0.05, "euclidean": 1.0}[cfg.metric]
+    """The temperature in use: the setting, or 0.05 (SimCSE's) when it is 0. For the Euclidean metric the
+    distances it divides are in units of the batch's mean distance between non-partners
+    (contrastive.contrastive_loss), so one value is equally sharp for both metrics."""
+    return cfg.temperature or 0.05
 
 
 def set_save_name(name: str) -> None:

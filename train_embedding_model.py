@@ -7,8 +7,9 @@ twice. Every b_j (j != i) is a negative for a_i. The loss is InfoNCE in both dir
     loss = ( CE(logits, diag) + CE(logits^T, diag) ) / 2
 
 Euclidean mode uses the plain (not squared) distance ||a - b||_2 of the raw CLS vectors, the
-distance the released SemCSE model is evaluated with; the vectors are not normalized, so their
-scale is learned along with them.
+distance the released SemCSE model is evaluated with (a Normalize module of the base model is
+dropped); the distances enter the loss in units of the batch's mean distance between non-partners
+(contrastive.contrastive_loss), so the temperature means the same for any scale of the vectors.
 
 Other objectives (setting `objective`), on the same data and loss, for comparison:
 - simcse_unsup (SimCSE, Gao et al. 2021): a_i = b_i = one summary; the two views differ only by
@@ -152,16 +153,14 @@ def _start(cfg: Config, run_dir: str, device: torch.device, main_process: bool, 
     files.recover_interrupted_folder(last_dir)
     fresh = start_afresh(run_dir, resume, overwrite)  # refuses a folder holding another run
     identity = run_identity(cfg)
-    summaries = load_summaries(cfg.train_summaries_file)
-    train_ids, val_ids = split_validation(summaries, cfg.validation_size, cfg.seed)
-    train = {pid: summaries[pid] for pid in train_ids}
-    # Validation: each held-out paper's first summary must find its second among all second ones.
-    val_texts = [summaries[i][:2] for i in sorted(val_ids)]
+    train, val = training_data(cfg)
     val_papers = _validation_corpus(cfg)
     state = None if fresh else load_checkpoint(last_dir, identity)
+    # The model carries pooling and metric. Euclidean trains and ranks raw vectors, as the released SemCSE
+    # (CLS, no normalization): between unit vectors the distance is a function of the cosine.
     model, tokenizer = load_model(last_dir if state else cfg.encoder_checkpoint, str(device), pooling=cfg.pooling,
-                                  metric=cfg.metric, offline=cfg.offline,  # the model carries pooling and metric
-                                  trust_remote_code=cfg.trust_remote_code)
+                                  metric=cfg.metric, normalize=False if cfg.metric == "euclidean" else None,
+                                  offline=cfg.offline, trust_remote_code=cfg.trust_remote_code)
     train_model = torch.compile(model) if cfg.compile else model  # same weights; saving uses `model`
     head = None
     if cfg.objective == "sarcse":
@@ -183,9 +182,27 @@ def _start(cfg: Config, run_dir: str, device: torch.device, main_process: bool, 
         repair_tail(os.path.join(run_dir, "log.jsonl"))  # a run killed mid-record left half a line
     counts = {pid: len(texts) for pid, texts in train.items()}  # pairs index into a paper's summaries
     batches_of = functools.lru_cache(maxsize=1)(functools.partial(epoch_batches, counts, cfg))
-    val = ([t[0] for t in val_texts], [t[1] for t in val_texts])
     return Run(cfg, run_dir, device, main_process, identity, train, val, val_papers, batches_of, state, model,
                train_model, tokenizer, head, optimizer, scaler)
+
+
+def training_data(cfg: Config) -> tuple[dict[str, list[str]], tuple[list[str], list[str]]]:
+    """(training papers {id: summaries}, validation texts): validation_size papers are held out (seeded);
+    each held-out paper's first summary must find its second among all second ones. max_train_papers
+    samples the rest (seeded, so a data-size curve keeps the validation papers); max_train_summaries
+    keeps each paper's first summaries."""
+    summaries = load_summaries(cfg.train_summaries_file)
+    train_ids, val_ids = split_validation(summaries, cfg.validation_size, cfg.seed)
+    if cfg.max_train_papers:
+        if cfg.max_train_papers > len(train_ids):
+            raise SettingsError(f"setting 'max_train_papers' is {cfg.max_train_papers}, but "
+                                f"{cfg.train_summaries_file} has {len(train_ids)} training papers")
+        train_ids = sorted(random.Random(cfg.seed).sample(train_ids, cfg.max_train_papers))
+    keep = cfg.max_train_summaries or None
+    train = {pid: summaries[pid][:keep] for pid in train_ids}
+    val_ids = sorted(val_ids)
+    return train, ([summaries[i][0] for i in val_ids], [summaries[i][1] for i in val_ids])
+
 
 
 def _train_loop(run: Run, total_steps: int) -> None:

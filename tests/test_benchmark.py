@@ -92,8 +92,13 @@ def test_perf_formula():
     assert perf["mid"][1]["title_abstract"] == pytest.approx(0.5)  # halfway on the linear rank scale
     assert perf["mid"][1]["clustering"] == pytest.approx(0.5)
     assert perf["mid"][0] == pytest.approx(0.5)
-    assert perf["bad"][0] == 0.0  # worse than the reference clips to 0
-    assert sb.perf_scores(run, "mid")["base"][0] == 0.0 and sb.perf_scores(run, "mid")["best"][0] == 1.0  # by name
+    assert perf["bad"][1] == {"title_abstract": -1.0, "clustering": pytest.approx(-0.75)}  # worse than the reference: below 0
+    assert perf["bad"][0] == pytest.approx(-0.875)  # (-71/8 clipped to -1, and -0.3/0.4), averaged
+    worse = {"base": res(2.0, 0.5, "base"), "a": res(3.0, 0.45), "b": res(4.0, 0.3)}  # nobody beats the base
+    assert sb.perf_scores(worse, "base")["b"][0] == -1.0 and sb.perf_scores(worse, "base")["a"][1] == \
+        {"title_abstract": -0.5, "clustering": pytest.approx(-0.25)}
+    assert sb.perf_scores(worse, "base")["base"][0] == 0.0
+    assert sb.perf_scores(run, "mid")["base"][0] == pytest.approx(-1.0) and sb.perf_scores(run, "mid")["best"][0] == 1.0  # by name
     assert all(p == (None, {}) for p in sb.perf_scores(run, "no-such-model").values())  # no reference: no Perf.
 
 

@@ -1,11 +1,15 @@
 """Data formats: clear errors with file and line, skipped papers reported, pairs, the batch sampler."""
+import json
+import os
 import random
+import re
 from collections import Counter
 
 import pytest
 
 import load_data as L
-from conftest import write_jsonl
+import settings
+from conftest import ROOT, write_jsonl
 
 
 def test_corpus_loads_and_errors_name_file_and_line(tmp_path):
@@ -104,3 +108,29 @@ def test_default_data_is_built_from_aclsum_without_overlap(tmp_path):
     assert set(summaries) == {p["id"] for p in train}
     assert all(len(s) == 3 for s in summaries.values())
     assert " ." not in bench[0]["abstract"] and " ," not in bench[0]["abstract"]  # detokenized
+
+
+def _norm_title(title: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", title.lower())
+
+
+def test_no_training_paper_is_in_a_benchmark_or_validation_corpus(tmp_path):
+    # The default training data against every corpus that scores or selects a model: the shipped arXiv
+    # benchmark and validation files, ACLSum's test papers, and the development sets of ../shared/data
+    # where they exist (not on a user's machine). By id and by normalized title.
+    train = [json.loads(x) for x in open(os.path.join(ROOT, settings.train_summaries_file), encoding="utf-8")]
+    assert len(train) == 4944 and all(len(r["summaries"]) == 4 for r in train)
+    assert settings.train_summaries_file == "data/arxiv_llm_summaries.jsonl"
+    ids, titles = {r["id"] for r in train}, {_norm_title(r["title"]) for r in train}
+    assert len(ids) == len(titles) == 4944
+    corpora = [os.path.join(ROOT, "data", n) for n in ("arxiv_benchmark.jsonl", "arxiv_val.jsonl")]
+    corpora.append(L.ensure_default_data(str(tmp_path))["benchmark_corpus"])
+    corpora += [p for p in (os.path.join(ROOT, "..", "shared", "data", n)
+                            for n in ("sci_abstracts_dev.jsonl", "medical_abstracts.jsonl")) if os.path.exists(p)]
+    for path in corpora:
+        papers = L.load_corpus(path)
+        assert not ids & {p["id"] for p in papers}, path
+        assert not titles & {_norm_title(p["title"]) for p in papers}, path
+    # and the arXiv part is exactly the papers of data/arxiv_train.jsonl, the file the generators summarize
+    arxiv_train = L.load_corpus(os.path.join(ROOT, "data", "arxiv_train.jsonl"))
+    assert {p["id"] for p in arxiv_train} == {r["id"] for r in train if r["part"] == "arxiv_train"}

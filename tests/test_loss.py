@@ -16,15 +16,18 @@ def test_cosine_value_by_hand():
         assert contrastive_loss(a, b, "cosine", t).item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_euclidean_value_by_hand_uses_plain_distance_both_directions():
+def test_euclidean_value_by_hand_uses_plain_distance_in_units_of_the_batch_both_directions():
     a = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
     b = torch.tensor([[0.0, 0.0], [0.0, 2.0]])
-    # distances d[i][j] = |a_i - b_j|: [[0, 2], [1, sqrt 5]]; logits = -d / T with T = 1
-    r5 = math.sqrt(5)
-    rows = (math.log(1 + math.exp(-2)) + (r5 + math.log(math.exp(-1) + math.exp(-r5)))) / 2
-    cols = (math.log(1 + math.exp(-1)) + (r5 + math.log(math.exp(-2) + math.exp(-r5)))) / 2
+    # distances d[i][j] = |a_i - b_j|: [[0, 2], [1, sqrt 5]]; non-partners' mean (2 + 1) / 2 = 1.5;
+    # logits = -d / 1.5 / T with T = 1
+    r5, u = math.sqrt(5) / 1.5, 1.5
+    rows = (math.log(1 + math.exp(-2 / u)) + (r5 + math.log(math.exp(-1 / u) + math.exp(-r5)))) / 2
+    cols = (math.log(1 + math.exp(-1 / u)) + (r5 + math.log(math.exp(-2 / u) + math.exp(-r5)))) / 2
     assert contrastive_loss(a, b, "euclidean", 1.0).item() == pytest.approx((rows + cols) / 2, rel=1e-5)
-    assert (rows + cols) / 2 == pytest.approx(0.68736, abs=1e-5)
+    # so the vectors' scale does not change the loss (a unit vector and a raw CLS vector alike)
+    for c in (0.01, 7.0):  # (rel 1e-4: the distance 0 is clipped to 1e-6, the sqrt's gradient being infinite at 0)
+        assert contrastive_loss(c * a, c * b, "euclidean", 1.0).item() == pytest.approx((rows + cols) / 2, rel=1e-4)
 
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
@@ -32,7 +35,20 @@ def test_gradients_match_finite_differences(metric):
     torch.manual_seed(0)
     a = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     b = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, y: contrastive_loss(x, y, metric, 0.5), (a, b))
+    if metric == "euclidean":  # the batch's distance unit is a constant for the gradient: fix it to check
+        unit = torch.cdist(a, b)[~torch.eye(4, dtype=torch.bool)].mean().item()
+        ours = torch.autograd.grad(contrastive_loss(a, b, metric, 0.5), (a, b))
+        ref = torch.autograd.grad(_by_hand_euclidean(a, b, 0.5 * unit), (a, b))
+        for g, r in zip(ours, ref):
+            torch.testing.assert_close(g, r)
+    else:
+        assert torch.autograd.gradcheck(lambda x, y: contrastive_loss(x, y, metric, 0.5), (a, b))
+
+
+def _by_hand_euclidean(a, b, t):
+    logits = -torch.cdist(a, b) / t
+    labels = torch.arange(len(a))
+    return (torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.T, labels)) / 2
 
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])

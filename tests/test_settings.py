@@ -70,9 +70,9 @@ def test_paper_setters_and_saved_settings_hide_the_key(tmp_path):
     assert "sk-secret-123" not in open(path).read() and "llm_api_key" not in saved
 
 
-def test_temperature_defaults_per_metric():
+def test_temperature_defaults():
     assert settings.temperature_for(settings.resolved(metric="cosine")) == 0.05
-    assert settings.temperature_for(settings.resolved(metric="euclidean")) == 1.0
+    assert settings.temperature_for(settings.resolved(metric="euclidean")) == 0.05  # distances scaled in the loss
     assert settings.temperature_for(settings.resolved(metric="cosine", temperature=0.1)) == 0.1
 
 

@@ -9,7 +9,10 @@ from safetensors.torch import load_file
 import cli
 import settings
 
+from model import saved_scoring
 from train_embedding_model import TrainingError, train_embedding_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run(tmp_path, name, tiny_model_dir, summaries_file, **kw):
@@ -62,21 +65,33 @@ def test_resume_gives_the_same_state_as_an_uninterrupted_run(tmp_path, tiny_mode
     assert losses("straight") == losses("resumed")
 
 
-def test_training_lowers_the_validation_rank_and_keeps_the_best(tmp_path):
-    # The embedded default for real: packaged MiniLM on the ACLSum summaries, a few steps. The paper's
-    # setting (CLS, Euclidean) leaves room to improve; MiniLM's own mean+cosine starts near 1.5 already.
-    import load_data
-
-    paths = load_data.ensure_default_data(str(tmp_path / "data"))
-    best = run(tmp_path, "learn", settings.packaged_minilm(), paths["train_summaries"], batch_size=32,
-               validation_size=50, max_steps=10, eval_every=5, learning_rate=5e-5, precision="bf16",
-               metric="euclidean", pooling="cls")
+def test_mean_pooling_and_cosine_lower_the_held_out_partner_rank(tmp_path, tiny_model_dir, summaries_file):
+    # SemCSE's default mode (a model's own mean pooling + cosine) on the tiny model, which has no Normalize
+    best = run(tmp_path, "learn", tiny_model_dir, summaries_file, pooling="mean", metric="cosine", max_steps=12,
+               eval_every=4, warmup_steps=0, validation_size=16)
     log = log_of(tmp_path, "learn")
     initial, later = log[0]["val_mean_rank"], [r["val_mean_rank"] for r in log[1:]]
-    assert min(later) < initial - 0.2
-    assert os.path.exists(os.path.join(best, "model.safetensors"))
-    saved = json.load(open(tmp_path / "learn" / "settings.json"))
-    assert saved["max_steps"] == 10 and saved["temperature_in_use"] == 1.0
+    assert min(later) < initial - 1.0, (initial, later)
+    assert [m["type"].rsplit(".", 1)[-1] for m in json.load(open(os.path.join(best, "modules.json")))] == \
+        ["Transformer", "Pooling"]
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_the_papers_setting_on_minilm_lowers_the_held_out_partner_rank(tmp_path, metric):
+    # CLS pooling from MiniLM (its CLS token was never trained) on 120 papers of the shipped LLM summaries:
+    # the released SemCSE (Euclidean on raw CLS vectors: MiniLM's Normalize module is dropped, and the
+    # distances are scaled by the batch's, so the softmax is neither flat nor exploding) and SemCSE_cosine.
+    # With the old fixed Euclidean temperature 1.0 on unit vectors this rank got worse (1.26 -> 1.60).
+    data = tmp_path / "s.jsonl"
+    with open(os.path.join(ROOT, "data", "arxiv_llm_summaries.jsonl"), encoding="utf-8") as f:
+        data.write_text("".join(next(f) for _ in range(120)))
+    best = run(tmp_path, "paper", settings.packaged_minilm(), str(data), metric=metric, pooling="cls", batch_size=16,
+               validation_size=40, max_steps=3, eval_every=3, warmup_steps=0, learning_rate=1e-4)
+    log = log_of(tmp_path, "paper")
+    assert log[1]["val_mean_rank"] < log[0]["val_mean_rank"] - 0.2, log
+    modules = [m["type"].rsplit(".", 1)[-1] for m in json.load(open(os.path.join(best, "modules.json")))]
+    assert modules == (["Transformer", "Pooling"] if metric == "euclidean" else ["Transformer", "Pooling", "Normalize"])
+    assert saved_scoring(best) == {"pooling": "cls", "metric": metric, "normalized": metric == "cosine"}
 
 
 def test_resume_refuses_a_checkpoint_of_the_other_metric_or_a_damaged_one(tmp_path, tiny_model_dir, summaries_file):
