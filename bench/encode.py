@@ -41,7 +41,7 @@ def run_side(side: str, cfg: dict, repeats: int, n: int, queue) -> None:
     import torch
 
     settings.update(**cfg)
-    data, path, max_length = texts(n), settings.packaged_minilm(), settings.benchmark_max_length or None
+    data, path, max_length = texts(n), settings.encoder_checkpoint, settings.benchmark_max_length or None
     if side.startswith("ours"):
         from model import encode, for_scoring, load_model
 

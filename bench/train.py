@@ -1,12 +1,15 @@
 """Training speed: our training step against sentence-transformers' trainer, same work.
 
-    python bench/train.py [--steps=20] [--batch_size=32] [--max_length=128]
+    python bench/train.py [--steps=20] [--batch_size=32] [--max_length=128] [--precision=auto|fp32|bf16]
+                          [--mini_batch_size=0] [--encoder_checkpoint=...] [--device=auto]
 
-Both sides train the packaged all-MiniLM-L6-v2 on the same summary pairs (the default ACLSum
-training pairs), with the same batch size, max length, AdamW settings, gradient clipping and
-precision (bf16 autocast where supported), a symmetric in-batch loss (ours: InfoNCE both ways;
-theirs: MultipleNegativesRankingLoss with directions query_to_doc + doc_to_query), each in its
-own child process. After 3 warm-up steps, `steps` optimizer steps are timed. The last line is the
+Both sides train the encoder (default the packaged all-MiniLM-L6-v2) on the same summary pairs (the
+default training data: the LLM summaries), with the same batch size, max length, AdamW settings,
+gradient clipping and precision (model.resolve_precision's choice, printed: on an AVX2-only CPU fp32,
+where native bf16 or on a GPU bf16), a symmetric in-batch loss at the same temperature (ours: cosine /
+0.05 both ways; theirs: MultipleNegativesRankingLoss, scale 20, directions query_to_doc + doc_to_query;
+with --mini_batch_size, GradCache on both sides: ours, and CachedMultipleNegativesRankingLoss), each in
+its own child process. After 3 warm-up steps, `steps` optimizer steps are timed. The last line is the
 ratio of pairs per second.
 """
 import os
@@ -24,9 +27,9 @@ WARMUP = 3
 
 
 def pairs(n: int) -> list[tuple[str, str, str]]:
-    from load_data import ensure_default_data, load_summaries, make_pairs
+    from load_data import load_summaries, make_pairs
 
-    s = load_summaries(ensure_default_data()["train_summaries"])
+    s = load_summaries(settings.train_summaries_file)
     counts = {pid: len(texts) for pid, texts in s.items()}
     ps = [(pid, s[pid][i], s[pid][j]) for pid, i, j in make_pairs(counts, random.Random(0))]
     return (ps * (n // len(ps) + 1))[:n]
@@ -53,7 +56,7 @@ def ours(cfg: dict, steps: int, queue) -> None:
     device = resolve_device(cfg.device)
     data = pairs((steps + WARMUP) * cfg.batch_size * 2)
     batches = [[data[i] for i in b] for b in batches_without_duplicates([p[0] for p in data], cfg.batch_size)]
-    model, tok = load_model(settings.packaged_minilm(), str(device))
+    model, tok = load_model(cfg.encoder_checkpoint, str(device))
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                             fused=device.type == "cuda")
@@ -81,14 +84,19 @@ def theirs(cfg: dict, steps: int, queue) -> None:
     from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
     from transformers import TrainerCallback
 
-    from model import resolve_device
+    from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
+
+    from model import resolve_device, resolve_precision
 
     settings.update(**cfg)
     device = resolve_device(settings.device)
+    precision = resolve_precision(device.type, settings.precision)
     data = pairs((steps + WARMUP) * settings.batch_size)
-    model = SentenceTransformer(settings.packaged_minilm(), device=str(device))
+    model = SentenceTransformer(settings.encoder_checkpoint, device=str(device))
     model.max_seq_length = settings.max_length
-    loss = MultipleNegativesRankingLoss(model, directions=("query_to_doc", "doc_to_query"))
+    both = ("query_to_doc", "doc_to_query")
+    loss = (CachedMultipleNegativesRankingLoss(model, mini_batch_size=settings.mini_batch_size, directions=both)
+            if settings.mini_batch_size else MultipleNegativesRankingLoss(model, directions=both))
     times = {}
 
     class Clock(TrainerCallback):
@@ -101,11 +109,10 @@ def theirs(cfg: dict, steps: int, queue) -> None:
                 torch.cuda.synchronize()
             times["end"] = time.perf_counter()
 
-    bf16 = settings.precision in ("auto", "bf16") and (device.type == "cpu" or torch.cuda.is_bf16_supported())
     args = SentenceTransformerTrainingArguments(
         output_dir=tempfile.mkdtemp(), per_device_train_batch_size=settings.batch_size, max_steps=steps + WARMUP,
         learning_rate=settings.learning_rate, weight_decay=settings.weight_decay, max_grad_norm=settings.max_grad_norm,
-        warmup_steps=0, bf16=bf16, use_cpu=device.type == "cpu", save_strategy="no", report_to="none",
+        warmup_steps=0, bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=device.type == "cpu", save_strategy="no", report_to="none",
         logging_steps=10**6, disable_tqdm=True, dataloader_num_workers=0, batch_sampler="no_duplicates")
     dataset = Dataset.from_dict({"anchor": [p[1] for p in data], "positive": [p[2] for p in data]})
     SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss,
@@ -116,14 +123,18 @@ def theirs(cfg: dict, steps: int, queue) -> None:
 if __name__ == "__main__":
     import torch
 
+    from model import resolve_device, resolve_precision
+
     flags = cli.parse_command_line(flags={"steps": 20})
-    a = run_in_child(ours, settings.resolved().as_dict(), flags["steps"])
-    b = run_in_child(theirs, settings.resolved().as_dict(), flags["steps"])
+    precision = resolve_precision(resolve_device(settings.device).type, settings.precision)
     n = flags["steps"] * settings.batch_size
     device = "cuda" if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores, torch {torch.__version__})"
     print(f"train: {flags['steps']} timed steps of {settings.batch_size} pairs, max_length {settings.max_length}, "
-          f"precision {settings.precision}, device {device}")
-    print("| side | pairs/s | peak memory (MiB) |\n|---|---|---|")
-    print(f"| ours: contrastive_step + AdamW | {n / a['seconds']:.1f} | {a['peak_mb']:.0f} |")
-    print(f"| SentenceTransformerTrainer + MNRL | {n / b['seconds']:.1f} | {b['peak_mb']:.0f} |")
+          f"precision {precision}, GradCache mini-batch {settings.mini_batch_size or 'off'}, device {device}")
+    print("| side | pairs/s | peak memory (MiB) |\n|---|---|---|", flush=True)
+    a = run_in_child(ours, settings.resolved().as_dict(), flags["steps"])
+    print(f"| ours: contrastive_step + AdamW | {n / a['seconds']:.1f} | {a['peak_mb']:.0f} |", flush=True)
+    b = run_in_child(theirs, settings.resolved().as_dict(), flags["steps"])
+    print(f"| SentenceTransformerTrainer + {'Cached' if settings.mini_batch_size else ''}MNRL | "
+          f"{n / b['seconds']:.1f} | {b['peak_mb']:.0f} |")
     print(f"ratio (ours / sentence-transformers, pairs per second): {b['seconds'] / a['seconds']:.2f}x")

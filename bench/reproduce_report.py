@@ -1,0 +1,246 @@
+"""The report of bench/reproduce.py: the sweep, the reproduction table (mean and standard deviation over
+seeds), the claims checked against two standard deviations, and the data-size curve.
+
+    python bench/reproduce.py --phase=report [--out=output/reproduce]
+
+Writes docs/reproduction.md and docs/data_size_curve.png from the results under --out (nothing is
+recomputed), and prints the markdown.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import statistics
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TASKS = ("title_abstract", "abstract_segments", "query", "clustering")
+COLUMNS = {"title_abstract": "Title-Abstract", "abstract_segments": "Abstract-Segments", "query": "Query",
+           "clustering": "kNN@10"}
+CORPUS_TITLES = {"arxiv_benchmark": "In domain: `data/arxiv_benchmark.jsonl` (1,530 arXiv papers of 2025-26, "
+                                    "17 categories, LLM queries)",
+                 "sci_abstracts_dev": "Other fields: `../shared/data/sci_abstracts_dev.jsonl` (1,054 arXiv papers "
+                                      "of 2007, 9 archives; no queries)",
+                 "medical_abstracts": "Out of domain: `../shared/data/medical_abstracts.jsonl` (2,807 PubMed "
+                                      "abstracts, 5 conditions; no queries)"}
+ROWS = (("minilm", "all-MiniLM-L6-v2 as shipped", "mean, cosine"),
+        ("mpnet", "all-mpnet-base-v2 as shipped", "mean, cosine"),
+        ("tfidf", "TF-IDF", "lexical, cosine"),
+        ("semcse", "**SemCSE** (MiniLM + LLM summary pairs)", "mean, cosine"),
+        ("minilm_cls_euclidean", "MiniLM's CLS token, untrained", "CLS, Euclidean, raw"),
+        ("paper_cls_euclidean", "**SemCSE, the paper's setting**", "CLS, Euclidean, raw"),
+        ("minilm_cls_cosine", "MiniLM's CLS token, untrained", "CLS, cosine"),
+        ("paper_cls_cosine", "SemCSE_cosine", "CLS, cosine"),
+        ("simcse_unsup", "SimCSE-unsup, same summaries", "mean, cosine"),
+        ("sarcse", "SARCSE, same summaries", "mean, cosine"),
+        ("scitldr", "SciTLDR human TLDR pairs", "mean, cosine"),
+        ("aclsum", "ACLSum human aspect pairs", "mean, cosine"),
+        ("qwen", "Qwen2.5-Coder-1.5B summaries (ours)", "mean, cosine"))
+FULL = 4944 - 50  # training papers of the LLM summaries: validation_size (50) are held out
+PAPERS = {"semcse": "data/arxiv_llm_summaries.jsonl", "scitldr": "scitldr_multi.jsonl",
+          "aclsum": "data/train_summaries.jsonl", "qwen": "qwen_summaries.jsonl"}
+
+
+def load_scores(out: str, corpus: str) -> dict[str, dict[str, float]]:
+    """{job: {task: mean rank, or kNN agreement for clustering}} of the results files of one corpus."""
+    scores = {}
+    for path in glob.glob(os.path.join(out, "benchmark", corpus, "*.json")):
+        with open(path, encoding="utf-8") as f:
+            r = json.load(f)
+        tasks = r.get("tasks", {})
+        scores[r["model"]] = {t: tasks[t]["knn_agreement" if t == "clustering" else "mean_rank"]
+                              for t in TASKS if t in tasks}
+    return scores
+
+
+def by_row(scores: dict[str, dict[str, float]]) -> dict[str, dict[str, list[float]]]:
+    """{row: {task: [value of each seed]}}: jobs "<row>-s<seed>" grouped, untrained jobs as one value."""
+    rows: dict[str, dict[str, list[float]]] = {}
+    for job, s in sorted(scores.items()):
+        row = re.sub(r"-s\d+$", "", job)
+        for task, v in s.items():
+            rows.setdefault(row, {}).setdefault(task, []).append(v)
+    return rows
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def better(rows: dict, a: str, b: str, task: str) -> tuple[bool, float, float]:
+    """(a beats b beyond two standard deviations of the seeds, difference of means, that bound)."""
+    (ma, sa), (mb, sb) = mean_std(rows[a][task]), mean_std(rows[b][task])
+    diff = (mb - ma) if task != "clustering" else (ma - mb)  # > 0: a is better
+    bound = 2 * max(sa, sb)
+    return diff > bound, diff, bound
+
+
+def report(flags: dict) -> str:
+    out = flags["out"]
+    lines = [f"# SemCSE reproduced: measured tables\n\nWritten by `python bench/reproduce.py` from `{_rel(out)}`; "
+             "every trained row is the mean ± standard deviation over its seeds (n in the last column).\n"]
+    lines += sweep_section(out)
+    tables = {}
+    from bench.reproduce import folder
+
+    for corpus, title in CORPUS_TITLES.items():
+        rows = by_row(load_scores(out, folder(corpus, flags)))
+        if rows:
+            tables[corpus] = rows
+            lines += [f"## {title}\n"] + table(rows, flags) + [""]
+    lines += claims(tables)
+    figure = curve_figure(tables, os.path.join(ROOT, "docs", "data_size_curve.png"))
+    if figure:
+        lines += ["## Data-size curve\n", f"![SemCSE's four task scores against the number of training papers]"
+                  f"(data_size_curve.png)\n", curve_table(tables)]
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(ROOT, "docs", "reproduction.md"), "w", encoding="utf-8") as f:
+        f.write(text)
+    print(text)
+    return text
+
+
+def sweep_section(out: str) -> list[str]:
+    path = os.path.join(out, "sweep.json")
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        sweep = json.load(f)
+    lines = [f"## The search (validation split only: `data/arxiv_val.jsonl`, 340 held-out training-pool papers; "
+             f"seed 0; {sweep['budget_pairs']} summary pairs a run)\n",
+             "Gap closed per task: (base − r) / (base − 1) for a mean rank, (a − base) / (1 − base) for kNN "
+             "agreement, against the family's untrained base; the run with the highest mean is chosen.\n",
+             "| family | lr | temperature | batch | steps | val Title-Abstract | val Segments | val kNN@10 | "
+             "mean gap closed |", "|---|---|---|---|---|---|---|---|---|"]
+    for family, base in sweep["bases"].items():
+        lines.append(f"| {family}: untrained base | – | – | – | 0 | {base['title_abstract']:.3f} | "
+                     f"{base['abstract_segments']:.3f} | {base['clustering']:.3f} | 0 |")
+    for r in sweep["runs"]:
+        t, v = r["train"], r["val"]
+        mark = " **chosen**" if sweep["chosen"][r["family"]]["job"] == r["job"] else ""
+        lines.append(f"| {r['family']} | {t['learning_rate']:g} | {t['temperature']:g} | {t['batch_size']} | "
+                     f"{t['max_steps']} | {v['title_abstract']:.3f} | {v['abstract_segments']:.3f} | "
+                     f"{v['clustering']:.3f} | {r['score']:+.3f}{mark} |")
+    return lines + [""]
+
+
+def table(rows: dict, flags: dict) -> list[str]:
+    from semantic_benchmark import perf_scores
+
+    means = {r: {"role": "base" if r == "minilm" else "", "tasks": {
+        t: {"knn_agreement" if t == "clustering" else "mean_rank": mean_std(v)[0]} for t, v in rows[r].items()}}
+        for r in rows}
+    perf = perf_scores(means, "minilm")
+    tasks = [t for t in TASKS if any(t in r for r in rows.values())]
+    lines = ["| Model | Scored as | " + " | ".join(COLUMNS[t] for t in tasks) + " | Perf. | n |",
+             "|---" * (len(tasks) + 4) + "|"]
+    for key, label, scored in ROWS:
+        if key not in rows:
+            continue
+        cells = []
+        for t in tasks:
+            m, s = mean_std(rows[key].get(t, [float("nan")]))
+            digits = 3 if t == "clustering" else 2
+            cells.append(f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if len(rows[key].get(t, [])) > 1 else ""))
+        p = perf[key][0]
+        n = len(next(iter(rows[key].values())))
+        lines.append(f"| {label}{papers(key, flags)} | {scored} | " + " | ".join(cells) +
+                     f" | {'–' if p is None else f'{p:+.3f}'} | {n} |")
+    return lines
+
+
+def papers(row: str, flags: dict) -> str:
+    """ ' (N training papers)' for the rows trained on other data."""
+    if row not in PAPERS:
+        return ""
+    from load_data import load_summaries
+
+    name = PAPERS[row]
+    path = name if name.startswith("data/") else os.path.join(flags["shared"] if row == "scitldr" else flags["out"], name)
+    try:
+        n = len(load_summaries(os.path.join(ROOT, path) if name.startswith("data/") else path))
+    except Exception:  # noqa: BLE001 -- the file is not on this machine: no count
+        return ""
+    import settings
+
+    return f" ({n - settings.resolved().validation_size:,} training papers)"  # validation_size are held out
+
+
+def claims(tables: dict) -> list[str]:
+    """The issue's claims, each with its numbers: a beats b when the difference of the means exceeds
+    two standard deviations of the seeds (the larger of the two rows')."""
+    checks = [("arxiv_benchmark", "semcse", "minilm", 3), ("sci_abstracts_dev", "semcse", "minilm", 2),
+              ("arxiv_benchmark", "paper_cls_euclidean", "minilm_cls_euclidean", 4),
+              ("arxiv_benchmark", "semcse", "simcse_unsup", 3)]
+    lines = ["## Claims, checked (a beats b: difference of means > 2 standard deviations of the seeds)\n",
+             "| corpus | a | b | tasks a beats b | needed | per task: difference (bound) | holds |", "|---" * 7 + "|"]
+    for corpus, a, b, needed in checks:
+        rows = tables.get(corpus, {})
+        if a not in rows or b not in rows:
+            continue
+        tasks = [t for t in TASKS if t in rows[a] and t in rows[b]]
+        results = {t: better(rows, a, b, t) for t in tasks}
+        wins = sum(r[0] for r in results.values())
+        detail = "; ".join(f"{COLUMNS[t]} {d:+.3f} ({bound:.3f})" for t, (_, d, bound) in results.items())
+        lines.append(f"| {corpus} | {a} | {b} | {wins} of {len(tasks)} | {needed} | {detail} | "
+                     f"{'yes' if wins >= needed else '**no**'} |")
+    return lines + ["", "Differences are signed so that > 0 means a is better (lower rank, higher kNN agreement).", ""]
+
+
+def curve_points(rows: dict) -> list[tuple[int, str]]:
+    points = sorted((int(m.group(1)), r) for r in rows if (m := re.fullmatch(r"curve-n(\d+)", r)))
+    return points + [(FULL, "semcse")] if "semcse" in rows else points
+
+
+def curve_figure(tables: dict, path: str) -> bool:
+    rows = tables.get("arxiv_benchmark", {})
+    points = curve_points(rows)
+    if len(points) < 2:
+        return False
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
+    for ax, task in zip(axes, TASKS):
+        for corpus, style in (("arxiv_benchmark", "-o"), ("sci_abstracts_dev", "--s")):
+            rs = tables.get(corpus, {})
+            pts = [(n, r) for n, r in points if r in rs and task in rs[r]]
+            if not pts:
+                continue
+            ms = np.array([mean_std(rs[r][task]) for _, r in pts])
+            line = ax.errorbar([n for n, _ in pts], ms[:, 0], yerr=ms[:, 1], fmt=style, capsize=3,
+                               label=f"SemCSE, {corpus}")
+            if "minilm" in rs and task in rs["minilm"]:
+                ax.axhline(rs["minilm"][task][0], color=line[0].get_color(), ls=":", lw=1,
+                           label=f"MiniLM as shipped, {corpus}")
+            if "curve-2sum" in rs and task in rs["curve-2sum"]:
+                m, s = mean_std(rs["curve-2sum"][task])
+                ax.errorbar([FULL * 1.08], [m], yerr=[s], fmt="x", color=line[0].get_color(), capsize=3,
+                            label=f"2 summaries a paper, {corpus}")
+        ax.set(xscale="log", xlabel="training papers", title=COLUMNS[task] + (" (higher is better)" if task ==
+                                                                             "clustering" else " mean rank"))
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def curve_table(tables: dict) -> str:
+    lines = ["| corpus | training papers | summaries a paper | " + " | ".join(COLUMNS[t] for t in TASKS) + " |",
+             "|---" * 7 + "|"]
+    for corpus, rows in tables.items():
+        pts = [(n, r, 4) for n, r in curve_points(rows)] + ([(FULL, "curve-2sum", 2)] if "curve-2sum" in rows else [])
+        for n, r, k in pts:
+            cells = [("{:.3f} ± {:.3f}" if t == "clustering" else "{:.2f} ± {:.2f}").format(*mean_std(rows[r][t]))
+                     if t in rows[r] else "–" for t in TASKS]
+            lines.append(f"| {corpus} | {n:,} | {k} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _rel(path: str) -> str:
+    return os.path.relpath(path, ROOT)
