@@ -293,11 +293,9 @@ def validate(model: nn.Module, tokenizer: Any, val_queries: list[str], val_targe
 
 def save_checkpoint(model: nn.Module, folder: str, training_state: dict | None = None) -> None:
     """Save the model (with last/'s training state) into `folder`, swapped in whole. On a full disk the
-    half-written copy is removed and the run stops naming the folder; the previous save is kept."""
-    try:
-        save_model(model, folder, training_state=training_state)  # with its own pooling, metric, max_seq_length
-    except OSError as e:  # save_model has removed its half-written folder.tmp
-        raise TrainingError(f"{folder}: cannot save the model ({e.strerror or e}); its previous save is kept") from e
+    half-written copy is removed and the run stops naming the folder and the free space (model.save_model);
+    the previous save is kept."""
+    save_model(model, folder, training_state=training_state)  # with its own pooling, metric, max_seq_length
 
 
 def load_checkpoint(last_dir: str, identity: dict[str, Any]) -> dict[str, Any]:
