@@ -172,6 +172,26 @@ def load_corpus(path: str) -> list[dict]:
     return papers
 
 
+def at_least_two(papers: list[dict], path: str, user: str) -> list[dict]:
+    """`papers`, if there are at least two: a rank among one candidate is always 1 (it would never move).
+    `user` names what ranks them, for the message."""
+    if len(papers) < 2:
+        raise DataError(f"{path}: {len(papers)} paper; {user} ranks each paper's partner among all papers and "
+                        f"needs at least 2")
+    return papers
+
+
+def papers_in_common(papers: list[dict], path: str) -> list[str]:
+    """Titles of `papers` that are also in the corpus file `path`, compared by content (the title without
+    case, punctuation or spacing), not by file name: a copy, a link or a re-export of one file is found."""
+    other = {_plain_title(p["title"]) for p in iter_corpus(path)}
+    return [p["title"] for p in papers if _plain_title(p["title"]) in other]
+
+
+def _plain_title(title: str) -> str:
+    return " ".join(re.findall(r"\w+", title.lower()))
+
+
 def load_summaries(path: str, min_summaries: int = 2) -> dict[str, list[str]]:
     """{paper id: its distinct, non-empty summaries} of a summaries file, read in one streamed pass that
     checks every line (errors name file:line). Several lines of one id are merged in file order (an

@@ -196,7 +196,8 @@ def test_two_trainings_of_one_save_name_cannot_share_its_folder(tmp_path, tiny_m
         with pytest.raises(TrainingError, match=rf"busy/lock: another training \(pid {os.getpid()}\) is using this run "
                                                 r"folder; wait for it to end or choose another --save_name"):
             run(tmp_path, "busy", tiny_model_dir, summaries_file)
-    assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == ["lock"]
+        assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == ["lock"]  # the refused run wrote nothing
+    assert not (tmp_path / "busy").exists()  # the holder made the folder for its lock, and removed it at its end
     run(tmp_path, "busy", tiny_model_dir, summaries_file, max_steps=3)  # released when it ended
 
 
