@@ -202,11 +202,7 @@ def load_summaries(path: str, min_summaries: int = 2) -> dict[str, list[str]]:
     against 10.7 s / 140 MiB for a byte-offset index and 15.3 s / 394 MiB for `datasets`
     (bench/data_loading.py); simpler, and fast to index in every batch."""
     summaries: dict[str, list[str]] = {}
-    for line, obj in iter_jsonl(path, allow_truncated_tail=True):
-        pid = _field(path, line, obj, "id", str)
-        texts = _field(path, line, obj, "summaries", list)
-        if not all(isinstance(s, str) for s in texts):
-            raise DataError(f"{path}:{line}: field 'summaries' must be a list of strings")
+    for _, pid, texts in iter_summaries(path):
         summaries[pid] = _distinct(summaries.get(pid, []) + texts)
     skipped = [pid for pid, texts in summaries.items() if len(texts) < min_summaries]
     for pid in skipped:
@@ -218,6 +214,17 @@ def load_summaries(path: str, min_summaries: int = 2) -> dict[str, list[str]]:
     if len(skipped) == len(summaries):
         raise DataError(f"{path}: no paper has at least {min_summaries} distinct summaries")
     return {pid: texts for pid, texts in summaries.items() if len(texts) >= min_summaries}
+
+
+def iter_summaries(path: str) -> Iterator[tuple[int, str, list[str]]]:
+    """Stream (line number, paper id, its summaries) of a summaries file, each line checked: a string id
+    and a list of strings (a corpus file or a string where the list belongs is named by file:line)."""
+    for line, obj in iter_jsonl(path, allow_truncated_tail=True):
+        pid = _field(path, line, obj, "id", str)
+        texts = _field(path, line, obj, "summaries", list)
+        if not all(isinstance(s, str) for s in texts):
+            raise DataError(f"{path}:{line}: field 'summaries' must be a list of strings")
+        yield line, pid, texts
 
 
 def _distinct(texts: list[str]) -> list[str]:
