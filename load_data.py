@@ -149,7 +149,7 @@ def _field(path: str, line: int, obj: dict, name: str, kind: type, required: boo
 
 
 def iter_corpus(path: str) -> Iterator[dict]:
-    """Stream papers {"id", "title", "abstract", "label" (None if absent)} in file order, checking each
+    """Stream papers {"id", "title", "abstract", "label" (None if absent or empty)} in file order, checking each
     line as it comes; memory holds one paper and the ids seen (to refuse a duplicate)."""
     seen: dict[str, int] = {}
     for line, obj in iter_jsonl(path):
@@ -160,8 +160,9 @@ def iter_corpus(path: str) -> Iterator[dict]:
         label = obj.get("label")
         if label is not None and not isinstance(label, (str, int)):
             raise DataError(f"{path}:{line}: field 'label' must be a string, got {type(label).__name__}")
+        label = None if label is None or not str(label).strip() else str(label)  # "" is no topic: unlabelled
         yield {"id": pid, "title": _field(path, line, obj, "title", str),
-               "abstract": _field(path, line, obj, "abstract", str), "label": None if label is None else str(label)}
+               "abstract": _field(path, line, obj, "abstract", str), "label": label}
 
 
 def load_corpus(path: str) -> list[dict]:

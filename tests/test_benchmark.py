@@ -16,8 +16,8 @@ from model import partner_ranks
 
 
 def cfg_for(tmp_path, **overrides) -> dict:
-    return settings.resolved(output_dir=str(tmp_path / "out"), embedding_cache_dir=str(tmp_path / "cache"),
-                             queries_file=str(tmp_path / "no_queries.jsonl"), **overrides)
+    return settings.resolved(**{"output_dir": str(tmp_path / "out"), "embedding_cache_dir": str(tmp_path / "cache"),
+                                "queries_file": "", **overrides})  # by default no Query task
 
 
 TOPICS = ["graph parsing", "speech recognition", "image segmentation", "machine translation"]
@@ -300,7 +300,7 @@ def test_evaluate_model_semantics_entry_point(tmp_path, tiny_model_dir, monkeypa
     corpus = small_corpus(tmp_path)
     monkeypatch.setattr(settings, "output_dir", str(tmp_path / "out"))
     monkeypatch.setattr(settings, "embedding_cache_dir", str(tmp_path / "cache"))
-    monkeypatch.setattr(settings, "queries_file", str(tmp_path / "none.jsonl"))
+    monkeypatch.setattr(settings, "queries_file", "")
     m, tok = load_model(tiny_model_dir, "cpu")
     r = sb.evaluate_model_semantics(m, tok, output_processing="last_hidden", metric="cosine", corpus_file=corpus)
     assert r["metric"] == "cosine" and r["scoring"]["pooling"] == "cls" and r["scoring"]["forced"]

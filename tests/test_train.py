@@ -132,7 +132,7 @@ def test_main_runs_end_to_end_and_resumes(tmp_path, tiny_model_dir, summaries_fi
          "abstract": f"We study topic {i % 3} with idea {i}. Results for idea {i} are good."} for i in range(12)])
     args = [sys.executable, os.path.join(ROOT, "main.py"), f"--encoder_checkpoint={tiny_model_dir}",
             f"--train_summaries_file={summaries_file}", f"--benchmark_corpus_file={corpus}",
-            f"--queries_file={tmp_path / 'none.jsonl'}", f"--data_dir={tmp_path / 'data'}",
+            "--queries_file=", f"--data_dir={tmp_path / 'data'}",
             f"--output_dir={tmp_path / 'out'}", f"--embedding_cache_dir={tmp_path / 'cache'}", "--batch_size=8",
             "--validation_size=10", "--eval_every=2", "--warmup_steps=1", "--device=cpu", "--precision=fp32"]
     first = subprocess.run(args + ["--max_steps=2"], capture_output=True, text=True, cwd=ROOT)
