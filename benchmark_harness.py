@@ -45,13 +45,9 @@ def run_benchmark(embedders: Iterable, cfg: Config, corpus_file: str | None = No
     corpus_file = corpus_file or cfg.benchmark_corpus_file
     if not os.path.exists(corpus_file) and os.path.normpath(corpus_file) == ACLSUM_CORPUS:
         ensure_default_data(cfg.data_dir)
-    given = queries_file is not None or not settings.is_default("queries_file", cfg.queries_file)
-    queries_file = cfg.queries_file if queries_file is None else queries_file
+    queries_file = queries_to_use(cfg, queries_file)
     cfg = cfg.replace(queries_file=queries_file)  # the file actually used, in messages and results
     corpus = at_least_two(load_corpus(corpus_file), corpus_file, "the benchmark")
-    if queries_file and given and not os.path.exists(queries_file):
-        raise DataError(f"{queries_file}: file not found (the search queries of the Query task; --queries or "
-                        f"setting 'queries_file', \"\" for none)")
     queries = load_queries(queries_file, {p["id"] for p in corpus}) if queries_file and os.path.exists(queries_file) \
         else None
     forced = cfg.metric != "auto"
@@ -87,6 +83,17 @@ def run_benchmark(embedders: Iterable, cfg: Config, corpus_file: str | None = No
     if any(r.get("role") in ("trained", "base") for r in results.values()):
         draw_map(maps, labels, os.path.join(out_dir, "map.png"), cfg.seed)  # or says why not
     return results
+
+
+def queries_to_use(cfg: Config, queries_file: str | None = None) -> str:
+    """The run's queries file: `queries_file` if given, else the setting ("" = none). One the user gave (here,
+    or a queries_file other than settings.py's) must exist; a missing default skips the Query task, said so."""
+    given = queries_file is not None or not settings.is_default("queries_file", cfg.queries_file)
+    path = cfg.queries_file if queries_file is None else queries_file
+    if path and given and not os.path.exists(path):
+        raise DataError(f"{path}: file not found (the search queries of the Query task; --queries or setting "
+                        f"'queries_file', \"\" for none)")
+    return path
 
 
 # ----------------------------------------------------------------------------------------------

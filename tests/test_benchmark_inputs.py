@@ -159,3 +159,19 @@ def test_an_empty_label_is_no_class(tmp_path):
     c = lexical_run(tmp_path, corpus, knn_k=2)["TF-IDF (lexical)"]["tasks"]["clustering"]
     assert (c["n_labelled"], c["skipped_unlabelled"]) == (8, 4)
     assert c["n_labels"] == len({r["label"] for r in recs if r["label"].strip()}) == 4
+
+
+def test_main_refuses_a_mistyped_queries_file_before_training(tmp_path, tiny_model_dir, summaries_file):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    missing = tmp_path / "mistyped.jsonl"
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), f"--encoder_checkpoint={tiny_model_dir}",
+                           f"--train_summaries_file={summaries_file}", f"--queries_file={missing}",
+                           f"--data_dir={tmp_path / 'data'}", f"--output_dir={tmp_path / 'out'}", "--device=cpu"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert (done.returncode, done.stderr) == (2, f"error: {missing}: file not found (the search queries of the Query "
+                                                 f"task; --queries or setting 'queries_file', \"\" for none)\n")
+    assert not (tmp_path / "out").exists()  # nothing trained
