@@ -261,9 +261,9 @@ def cli_embedders(model: str, baselines: bool, corpus_file: str, cfg: Config) ->
     A default that is missing (the packaged MiniLM, the default run's best/) is a `Skipped`: the table
     names it and says why."""
     trained = os.path.join(cfg.output_dir, cfg.save_name, "best")
-    files.recover_interrupted_folder(trained)  # a training killed between the two renames of its best/
     specs = [(model, cfg.pooling, "model", True)] if model else []
     if baselines:
+        files.recover_interrupted_folder(trained)  # a training killed between the two renames of its best/
         default_run = all(settings.is_default(k, getattr(cfg, k)) for k in ("output_dir", "save_name"))
         specs += [(cfg.encoder_checkpoint, cfg.pooling, "base",
                    not settings.is_default("encoder_checkpoint", cfg.encoder_checkpoint)),
