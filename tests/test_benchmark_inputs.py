@@ -43,14 +43,15 @@ def two_runs_named_alike(tmp_path, tiny_model_dir) -> tuple[str, str]:
     return paths[0], paths[1]
 
 
-def test_two_models_named_alike_get_their_own_rows_and_files(tmp_path, tiny_model_dir, capsys):
+def test_two_models_named_alike_get_their_own_rows_and_files(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    monkeypatch.setattr(settings, "packaged_minilm", lambda: tiny_model_dir)  # --baselines without MiniLM: quick
     a, b = two_runs_named_alike(tmp_path, tiny_model_dir)
     corpus = small_corpus(tmp_path)
     trained = save_model(load_model(tiny_model_dir, "cpu")[0], str(tmp_path / "out" / "SemCSE" / "best"))
     cfg = cfg_for(tmp_path, encoder_checkpoint=tiny_model_dir, device="cpu", precision="fp32", baseline_models=f"{a},{b}")
     both = H.run_benchmark(H.cli_embedders("", True, corpus, cfg), cfg, corpus)
     assert {"A/run/best", "B/run/best"} <= set(both) and "SemCSE/best (trained)" in set(both)
-    assert len({r["results_file"] for r in both.values()}) == len(both) == 6
+    assert len({r["results_file"] for r in both.values()}) == len(both) == 5
     for path, name in ((a, "A/run/best"), (b, "B/run/best")):  # each row holds that model's own numbers
         alone = H.run_benchmark(H.cli_embedders(path, False, corpus, cfg.replace(baseline_models="")), cfg, corpus)
         own = next(iter(alone.values()))
@@ -59,7 +60,7 @@ def test_two_models_named_alike_get_their_own_rows_and_files(tmp_path, tiny_mode
     capsys.readouterr()
     H.run_benchmark(H.cli_embedders("", True, corpus, cfg), cfg, corpus)
     out = capsys.readouterr().out
-    assert "scoring again" not in out and out.count("title_abstract: already scored") == 6  # no ping-pong
+    assert "scoring again" not in out and out.count("title_abstract: already scored") == 5  # no ping-pong
     assert os.path.basename(trained) == "best"
 
 
@@ -87,6 +88,7 @@ def test_a_path_the_user_typed_must_exist(tmp_path, tiny_model_dir, capsys):
 
 def test_a_missing_default_is_skipped_and_the_table_says_why(tmp_path, tiny_model_dir, monkeypatch, capsys):
     corpus = small_corpus(tmp_path)
+    monkeypatch.setattr(settings, "packaged_minilm", lambda: tiny_model_dir)  # --baselines without MiniLM: quick
     monkeypatch.setitem(settings._DEFAULTS, "output_dir", str(tmp_path / "out"))  # as if these were settings.py's
     monkeypatch.setitem(settings._DEFAULTS, "queries_file", str(tmp_path / "default_queries.jsonl"))
     cfg = cfg_for(tmp_path, encoder_checkpoint=tiny_model_dir, device="cpu", precision="fp32",
