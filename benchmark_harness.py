@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import platform
-import re
 import sys
 import time
 from importlib import metadata
@@ -27,10 +26,12 @@ import cli
 import files
 import settings
 from settings import Config
-from load_data import DataError, ensure_default_data, load_corpus
-from model import (ModelError, default_max_length, encode, for_scoring, load_model, saved_scoring, scoring_of,
-                   set_pooling, short_name)
-from semantic_benchmark import (COLUMNS, TASKS, load_queries, paper_text, perf_scores, task_abstract_segments,
+from benchmark_results import (Skipped, describe_scoring, display_names, draw_map, map_problem,  # noqa: F401
+                               model_identity, read_results, results_path, results_table)
+from load_data import DataError, at_least_two, ensure_default_data, load_corpus
+from model import (ModelError, check_max_length, default_max_length, encode, find_model, for_scoring, load_model,
+                   saved_scoring, scoring_of, set_pooling)
+from semantic_benchmark import (TASKS, load_queries, paper_text, perf_scores, task_abstract_segments,
                                 task_clustering, task_query, task_sts_b, task_title_abstract)
 
 ACLSUM_CORPUS = os.path.join("data", "benchmark_corpus.jsonl")  # built by load_data.ensure_default_data
@@ -38,17 +39,17 @@ ACLSUM_CORPUS = os.path.join("data", "benchmark_corpus.jsonl")  # built by load_
 
 def run_benchmark(embedders: Iterable, cfg: Config, corpus_file: str | None = None, queries_file: str | None = None,
                   overwrite: bool = False, sts: bool = False) -> dict[str, dict]:
-    """Score each embedder (taken one at a time, so models can be loaded lazily), then Perf., table, map."""
+    """Score each embedder (taken one at a time, so models can be loaded lazily; a `Skipped` is named in
+    the table), then Perf., table, map. A queries file given (here or as a setting) must exist; the
+    default one may be missing, and the Query task is then skipped, said so."""
     corpus_file = corpus_file or cfg.benchmark_corpus_file
     if not os.path.exists(corpus_file) and os.path.normpath(corpus_file) == ACLSUM_CORPUS:
         ensure_default_data(cfg.data_dir)
-    queries_file = queries_file or cfg.queries_file
+    queries_file = queries_to_use(cfg, queries_file)
     cfg = cfg.replace(queries_file=queries_file)  # the file actually used, in messages and results
-    corpus = load_corpus(corpus_file)
-    if len(corpus) < 2:
-        raise DataError(f"{corpus_file}: 1 paper; the benchmark ranks each paper's partner among all papers "
-                        f"and needs at least 2")
-    queries = load_queries(queries_file, {p["id"] for p in corpus}) if os.path.exists(queries_file) else None
+    corpus = at_least_two(load_corpus(corpus_file), corpus_file, "the benchmark")
+    queries = load_queries(queries_file, {p["id"] for p in corpus}) if queries_file and os.path.exists(queries_file) \
+        else None
     forced = cfg.metric != "auto"
     out_dir = os.path.join(cfg.output_dir, "benchmark", os.path.splitext(os.path.basename(corpus_file))[0]
                            + (f"-{cfg.metric}" if forced else ""))
@@ -57,24 +58,42 @@ def run_benchmark(embedders: Iterable, cfg: Config, corpus_file: str | None = No
             "queries_file": queries_file, "queries_sha256": _file_hash(queries_file) if queries else None}
     print(f"benchmark: {len(corpus)} papers from {corpus_file}, similarity "
           f"{'forced to ' + cfg.metric if forced else 'each model’s own'}; results in {out_dir}")
-    results, maps = {}, {}
+    results, maps, missing = {}, {}, []
+    labels = [p["label"] for p in corpus]
     for emb in embedders:
+        if isinstance(emb, Skipped):
+            print(f"\n== {emb.name}: not scored: {emb.reason}")
+            missing.append(emb)
+            continue
+        if emb.name in results:  # two models under one name: the row and the file must still be its own
+            emb.name = f"{emb.name} [{model_identity(emb.path) or len(results)}]"
         emb.overwrite = overwrite  # --overwrite encodes again too, never trusting cached embeddings
         results[emb.name] = score_model(emb, corpus, queries, data, cfg, out_dir, overwrite, sts)
-        if emb.role in ("trained", "base") and any(p["label"] for p in corpus):
+        if emb.role in ("trained", "base") and not map_problem(labels):
             maps[emb.name] = (emb.embed([paper_text(p, emb.sep) for p in corpus]), emb.metric)
     perf = perf_scores(results, cfg.perf_reference)
     for name, r in results.items():  # Perf. depends on the run's models: stored as "of this run"
         r["perf"], r["perf_per_task"] = perf[name]
         r["perf_run_models"], r["perf_reference"] = list(results), cfg.perf_reference
         files.write_json_atomic(r["results_file"], r, indent=1, ensure_ascii=False)
-    table = results_table(results, cfg, data)
+    table = results_table(results, cfg, data, missing)
     print("\n" + table)
     with files.atomic_write(os.path.join(out_dir, "results.md")) as f:
         f.write(table + "\n")
-    if maps:
-        draw_map(maps, [p["label"] for p in corpus], os.path.join(out_dir, "map.png"), cfg.seed)
+    if any(r.get("role") in ("trained", "base") for r in results.values()):
+        draw_map(maps, labels, os.path.join(out_dir, "map.png"), cfg.seed)  # or says why not
     return results
+
+
+def queries_to_use(cfg: Config, queries_file: str | None = None) -> str:
+    """The run's queries file: `queries_file` if given, else the setting ("" = none). One the user gave (here,
+    or a queries_file other than settings.py's) must exist; a missing default skips the Query task, said so."""
+    given = queries_file is not None or not settings.is_default("queries_file", cfg.queries_file)
+    path = cfg.queries_file if queries_file is None else queries_file
+    if path and given and not os.path.exists(path):
+        raise DataError(f"{path}: file not found (the search queries of the Query task; --queries or setting "
+                        f"'queries_file', \"\" for none)")
+    return path
 
 
 # ----------------------------------------------------------------------------------------------
@@ -90,6 +109,8 @@ class ModelEmbedder:
         self.name, self.model, self.tokenizer, self.cfg, self.role = name, model, tokenizer, cfg, role
         self.path, self.sep = path or getattr(model, "name_or_path", ""), tokenizer.sep_token or " "
         self.params = sum(p.numel() for p in model.parameters())
+        if cfg.benchmark_max_length:
+            check_max_length(model, cfg.benchmark_max_length, "benchmark_max_length")
         self.max_length = cfg.benchmark_max_length or default_max_length(model)
         forced = cfg.metric != "auto"
         self.metric = cfg.metric if forced else model.similarity_fn_name
@@ -166,18 +187,17 @@ def _read_embeddings(path: str, shape: tuple[int, int]) -> np.ndarray | None:
 def score_model(emb, corpus: list[dict], queries: list[dict] | None, data: dict, cfg: Config, out_dir: str,
                 overwrite: bool, sts: bool = False) -> dict:
     """Run the four tasks (and STS-B if `sts`) for one embedder; the JSON is rewritten after each task."""
-    path = os.path.join(out_dir, re.sub(r"[^A-Za-z0-9._-]+", "_", emb.name).strip("_") + ".json")
+    path = results_path(out_dir, emb.name, emb.path)
     key = {**emb.key, "metric": emb.metric, "knn_k": cfg.knn_k, "seed": cfg.seed,
            "corpus_sha256": data["corpus_sha256"]}
-    result = {} if overwrite else _read_results(path)
+    result = {} if overwrite else read_results(path, data["n_papers"])
     if result and result.get("key") != key:
         print(f"{path}: model, data or settings changed since it was written; scoring again")
         result = {}
     result.update(model=emb.name, results_file=path, role=emb.role, path=emb.path, params=emb.params,
                   scoring=emb.scoring, key=key, metric=emb.metric, **data, versions=_versions(),
                   settings=settings.public_settings(cfg))
-    if not isinstance(result.get("tasks"), dict):
-        result["tasks"] = {}
+    result.setdefault("tasks", {})
     result["skipped"] = {}
     print(f"\n== {emb.name} (scored as {describe_scoring(emb.scoring)})")
     for task in TASKS + (("sts_b",) if sts else ()):
@@ -217,101 +237,6 @@ def run_task(task: str, emb, corpus: list[dict], queries: list[dict] | None, cfg
     return task_sts_b(emb.embed)
 
 
-def _read_results(path: str) -> dict:
-    """A results file of an earlier run, or {} (none, or damaged: named, and scored again)."""
-    if not os.path.exists(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            result = json.load(f)
-    except (ValueError, UnicodeDecodeError) as e:
-        print(f"{path}: damaged ({type(e).__name__}); scoring again")
-        return {}
-    if not isinstance(result, dict):
-        print(f"{path}: not a JSON object ({type(result).__name__}); scoring again")
-        return {}
-    return result
-
-
-# ----------------------------------------------------------------------------------------------
-# Table and map
-
-
-def describe_scoring(s: dict) -> str:
-    """'mean, cosine, normalized, 256 tokens' (+ ' (forced)' when --metric overrode the model's own)."""
-    parts = [s["pooling"], s["similarity"] + (" (forced)" if s.get("forced") else ""),
-             "normalized" if s["normalized"] else "not normalized"]
-    return ", ".join(parts + ([f"{s['max_length']} tokens"] if s.get("max_length") else []))
-
-
-def results_table(results: dict[str, dict], cfg: Config, data: dict) -> str:
-    """Markdown like the paper's table (mean ranks, kNN agreement, Perf.) with how each model was
-    scored, then the details."""
-    def cell(r: dict, task: str, key: str, fmt: str) -> str:
-        t = r["tasks"].get(task)
-        return format(t[key], fmt) if t else "–"
-
-    counts = {t: v for t, v in next((r["tasks"] for r in results.values() if r["tasks"]), {}).items() if t in TASKS}
-    has_sts = any("sts_b" in r["tasks"] for r in results.values())
-    head = ", ".join(f"{COLUMNS[t]} {v['n']} of {v['n_candidates']}" if "n" in v
-                     else f"{COLUMNS[t]} {v['n_labelled']} papers, {v['n_labels']} labels, k={v['k']}"
-                     for t, v in counts.items())
-    metric = (f"similarity forced to {cfg.metric} for every model (an ablation)" if cfg.metric != "auto"
-              else "each model scored with its own pooling and similarity")
-    ref = next((m for m, r in results.items() if cfg.perf_reference in (m, r.get("role"))), None)
-    perf = (f"Perf. = 0 at {ref}, 1 at the best model of this run, linear, averaged over the tasks; not comparable "
-            f"across corpora or with the paper" if ref else
-            f"Perf. left empty: the reference model (perf_reference={cfg.perf_reference}) is not in this run")
-    lines = [f"Corpus {data['corpus_file']} ({data['n_papers']} papers; {head}); {metric}. "
-             f"Mean rank of the true partner (1 = perfect, lower is better); Clustering = kNN label agreement. "
-             f"{perf}.", "",
-             "| Model | Scored as | Params | " + " | ".join(COLUMNS[t] for t in TASKS) + " | Perf. |"
-             + (" STS-B |" if has_sts else ""), "|---" * (9 if has_sts else 8) + "|"]
-    for name, r in results.items():
-        params = f"{r['params'] / 1e6:.1f}M" if r.get("params") else "–"
-        cells = [cell(r, t, "mean_rank", ".2f") for t in TASKS[:3]] + [cell(r, "clustering", "knn_agreement", ".3f")]
-        p = "–" if r.get("perf") is None else f"{r['perf']:.3f}"
-        sts = f" {cell(r, 'sts_b', 'spearman', '.2f')} |" if has_sts else ""
-        lines.append(f"| {name} | {describe_scoring(r['scoring'])} | {params} | " + " | ".join(cells) + f" | {p} |" + sts)
-    lines += ["", "Details: median rank / MRR per rank task; v-measure of k-means; seconds for all tasks.", "",
-              "| Model | " + " | ".join(f"{COLUMNS[t]} med / MRR" for t in TASKS[:3]) + " | v-measure | seconds |",
-              "|---" * 6 + "|"]
-    for name, r in results.items():
-        cells = [f"{cell(r, t, 'median_rank', '.1f')} / {cell(r, t, 'mrr', '.3f')}" for t in TASKS[:3]]
-        secs = sum(t.get("seconds", 0) for t in r["tasks"].values())
-        cells.append(cell(r, "clustering", "v_measure", ".3f"))
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {secs:.1f} |")
-    skipped = {t: why for r in results.values() for t, why in r.get("skipped", {}).items()}
-    lines += [f"\nSkipped {COLUMNS[t]}: {why}" for t, why in skipped.items()]
-    return "\n".join(lines)
-
-
-def draw_map(embeddings: dict[str, tuple[np.ndarray, str]], labels: list, path: str, seed: int) -> None:
-    """t-SNE of each model's paper embeddings ([n, dim], with its metric), side by side, coloured by label."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.manifold import TSNE
-
-    keep = [i for i, y in enumerate(labels) if y is not None]
-    names = sorted(set(labels[i] for i in keep))
-    colour = {y: plt.cm.tab10(i % 10) if len(names) <= 10 else plt.cm.tab20(i % 20) for i, y in enumerate(names)}
-    fig, axes = plt.subplots(1, len(embeddings), figsize=(6 * len(embeddings), 6), squeeze=False)
-    for ax, (name, (x, metric)) in zip(axes[0], embeddings.items()):
-        xy = TSNE(2, perplexity=min(30.0, (len(keep) - 1) / 3), init="pca", random_state=seed,
-                  metric="cosine" if metric == "cosine" else "euclidean").fit_transform(x[keep])
-        for y in names:
-            sel = [j for j, i in enumerate(keep) if labels[i] == y]
-            ax.scatter(xy[sel, 0], xy[sel, 1], s=6, color=colour[y], label=y)
-        ax.set(title=name, xticks=[], yticks=[])
-    axes[0][-1].legend(markerscale=3, fontsize=8, loc="best")
-    fig.tight_layout()
-    with files.atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
-    print(f"map of the embedding space: {path}")
-
-
 def _file_hash(path: str) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()  # streamed
@@ -329,36 +254,58 @@ def _versions() -> dict[str, str]:
 def cli_embedders(model: str, baselines: bool, corpus_file: str, cfg: Config) -> Iterator:
     """The run's models, loaded one at a time: --model, and with --baselines the untrained base encoder
     (scored like the trained model), the trained model, TF-IDF, the packaged all-MiniLM-L6-v2 as shipped
-    and the setting baseline_models ("name_or_path[:pooling]", the pooling for plain encoders)."""
-    specs = [(model, cfg.pooling, "model")] if model else []
+    and the setting baseline_models ("name_or_path[:pooling]", the pooling for plain encoders).
+
+    Checked now, before anything is scored: a model the user named (--model, baseline_models, or a
+    --encoder_checkpoint, --save_name or --output_dir other than settings.py's) must be there (exit 2).
+    A default that is missing (the packaged MiniLM, the default run's best/) is a `Skipped`: the table
+    names it and says why."""
     trained = os.path.join(cfg.output_dir, cfg.save_name, "best")
+    specs = [(model, cfg.pooling, "model", True)] if model else []
     if baselines:
-        specs.append((cfg.encoder_checkpoint, cfg.pooling, "base"))
-        if os.path.isdir(trained):
-            specs.append((trained, "auto", "trained"))
-        else:
-            print(f"note: no trained model at {trained} (run python train_embedding_model.py); skipped")
-        specs += [("lexical", "", "lexical"), (settings.packaged_minilm(), "auto", "baseline")]
+        files.recover_interrupted_folder(trained)  # a training killed between the two renames of its best/
+        default_run = all(settings.is_default(k, getattr(cfg, k)) for k in ("output_dir", "save_name"))
+        specs += [(cfg.encoder_checkpoint, cfg.pooling, "base",
+                   not settings.is_default("encoder_checkpoint", cfg.encoder_checkpoint)),
+                  (trained, "auto", "trained", not default_run),
+                  ("lexical", "", "lexical", False), (settings.packaged_minilm(), "auto", "baseline", False)]
         for item in filter(None, (s.strip() for s in cfg.baseline_models.split(","))):
             path, _, pool = item.rpartition(":") if item.endswith((":cls", ":mean")) else (item, "", cfg.pooling)
-            specs.append((path, pool, "baseline"))
-    seen = set()
-    for path, pooling, role in specs:
-        if path in seen:
-            continue
-        seen.add(path)
+            specs.append((path, pool, "baseline", True))
+    seen: set[str] = set()
+    specs = [s for s in specs if not (model_identity(s[0]) in seen or seen.add(model_identity(s[0])))]
+    names = display_names([p if role != "lexical" else "TF-IDF (lexical)" for p, _, role, _ in specs])
+    absent: list[str | None] = [None] * len(specs)  # why a default is not there
+    for i, (path, _, role, given) in enumerate(specs):
+        if role == "trained" and not os.path.isdir(trained):
+            why = f"no trained model at {trained} (run python train_embedding_model.py"
+            if given:
+                raise ModelError(f"{why} --save_name={cfg.save_name}, or check --save_name and --output_dir)")
+            absent[i] = why + ")"
+        elif given:
+            find_model(path, cfg.offline)  # ModelError naming it: a mistyped path, a name not on this machine
+    return _load_each(specs, names, absent, trained, corpus_file, cfg)
+
+
+def _load_each(specs: list[tuple[str, str, str, bool]], names: list[str], absent: list[str | None], trained: str,
+               corpus_file: str, cfg: Config) -> Iterator:
+    """cli_embedders' models as embedders, each loaded when the one before is scored."""
+    for (path, pooling, role, given), name, why in zip(specs, names, absent):
+        name += {"base": " (untrained base)", "trained": " (trained)"}.get(role, "")
         if role == "lexical":
             yield TfidfEmbedder(load_corpus(corpus_file), cfg)
+            continue
+        if why:
+            yield Skipped(name, why, role)
             continue
         try:
             m, tok = load_for_scoring(path, pooling, role, trained, cfg)
         except ModelError as e:
-            if role == "model":
+            if given:
                 raise
-            print(f"skipped baseline: {e}")
+            yield Skipped(name, str(e), role)
             continue
-        suffix = {"base": " (untrained base)", "trained": " (trained)"}.get(role, "")
-        yield ModelEmbedder(f"{short_name(path)}{suffix}", m, tok, cfg, role=role, path=path)
+        yield ModelEmbedder(name, m, tok, cfg, role=role, path=path)
 
 
 def load_for_scoring(path: str, pooling: str, role: str, trained: str, cfg: Config):

@@ -19,6 +19,11 @@ def cli(main: Callable[..., Any], flags: dict[str, Any] | None = None, argv: lis
     argv = sys.argv[1:] if argv is None else argv
     if "--help" in argv or "-h" in argv:
         print(help_text(main, flags))
+        try:  # the help is shown whatever settings.py holds; a broken file is then named
+            settings.resolved()
+        except SettingsError as e:
+            print(f"error: {one_line(e)}", file=sys.stderr)
+            sys.exit(2)
         sys.exit(0)
     debug = "--debug" in argv
     try:
@@ -67,8 +72,8 @@ def help_text(main: Callable[..., Any], flags: dict[str, Any] | None = None) -> 
              "options: --key=value (a bool option may be given bare); --debug shows tracebacks; --help"]
     lines += [f"  --{k.replace('_', '-')}={v!r}" for k, v in (flags or {}).items()]
     lines += ["", "settings (settings.py; any of them as --name=value):"]
-    docs, cfg = settings.docs(), settings.resolved()
-    for k, v in cfg.as_dict().items():
+    docs = settings.docs()
+    for k, v in settings.current().items():  # as settings.py has them: a bad value is shown, not a traceback
         shown = "''" if k in settings.SECRET and v else repr(v)  # never print a key
         lines.append(f"  --{k}={shown}" + (f"    {docs[k]}" if docs.get(k) else ""))
     return "\n".join(lines)

@@ -12,7 +12,7 @@ import settings
 from settings import Config, SettingsError
 from distributed import gather_pairs, shard, sum_gradients, world_and_rank
 from load_data import make_pairs
-from model import autocast, embed, resolve_model_settings, similarity, transformer_of
+from model import autocast, embed, resolve_model_settings, similarity, tokenize, transformer_of
 from sarcse import ReconstructionHead
 
 
@@ -38,7 +38,7 @@ def contrastive_step(model: torch.nn.Module, tokenizer, batch: list[tuple[str, s
     aux = []  # SARCSE's reconstruction loss of each forward pass
 
     def forward(chunk: list[str]) -> torch.Tensor:  # [len(chunk), dim] float32
-        enc = tokenizer(chunk, padding=True, truncation=True, max_length=cfg.max_length, return_tensors="pt")
+        enc = tokenize(tokenizer, chunk, cfg.max_length, padding=True, return_tensors="pt")
         pin = device.type == "cuda"
         enc = {k: (v.pin_memory() if pin else v).to(device, non_blocking=True) for k, v in enc.items()}
         with autocast(device, cfg.precision):

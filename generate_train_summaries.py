@@ -32,7 +32,7 @@ import sys
 import settings
 from settings import Config
 from llm import InvalidOutput, Prompt, clean_text, command_line, generate
-from load_data import iter_corpus, iter_records, split_sentences
+from load_data import iter_corpus, iter_summaries, split_sentences
 
 MIN_WORDS, MAX_WORDS = 8, 60  # one or two sentences: shorter is a fragment, longer a second abstract
 MAX_SENTENCES = 2
@@ -201,11 +201,11 @@ def quality(summaries_file: str, corpus_file: str) -> dict:
     papers = summaries = banned = digits = words = passing = 0
     overlaps: list[float] = []
     distinct = 0
-    for _, _, r in iter_records(summaries_file, allow_truncated_tail=True):
-        texts = [clean_text(s) for s in r.get("summaries") or [] if clean_text(s)]
+    for _, pid, texts in iter_summaries(summaries_file):  # each line checked: a list of strings under 'summaries'
+        texts = [clean_text(s) for s in texts if clean_text(s)]
         papers += 1
         distinct += len(set(t.lower() for t in texts))
-        paper = abstracts.get(r.get("id"))
+        paper = abstracts.get(pid)
         for i, text in enumerate(texts):
             summaries += 1
             banned += bool(BANNED.search(text))

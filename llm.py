@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from settings import Config
 from llm_client import (GenerationError, apply_environment, check_settings, command_line,  # noqa: F401
-                        make_client, public_url, redact, server_host)
+                        dry_run_request, make_client, public_url, redact, request_body, server_host)
 from llm_files import check_own_file, compact, compact_failures, done_ids, save_run_settings, sibling
 from llm_workers import DaemonPool, StopOnCtrlC, completed
 from load_data import DataError, append_jsonl, iter_corpus, repair_tail
@@ -113,6 +113,8 @@ def generate(kind: str, prompt: Prompt, field: str, parse: Callable[[dict, dict]
     keeps what is written and raises KeyboardInterrupt.
     """
     check_settings(cfg)
+    if limit < 0:  # islice would raise a bare ValueError
+        raise GenerationError(f"option '--limit' must be >= 0 (0 = every paper), got {limit}")
     values = dict(values or {})
     # The corpus is streamed twice: once to check every line and count (before anything is sent),
     # once to feed the workers; memory holds the ids and the papers in flight, not the corpus.
@@ -123,7 +125,7 @@ def generate(kind: str, prompt: Prompt, field: str, parse: Callable[[dict, dict]
         first = next(papers(), None)
         if first is None:
             raise DataError(f"{corpus_file}: no papers in file")
-        print(json.dumps(_dry_run_request(cfg, prompt, first, values), indent=2, ensure_ascii=False))
+        print(json.dumps(dry_run_request(cfg, prompt, first, values), indent=2, ensure_ascii=False))
         return {"dry_run": True}
     ids = [p["id"] for p in papers()]
     if not ids:
@@ -146,8 +148,9 @@ def generate(kind: str, prompt: Prompt, field: str, parse: Callable[[dict, dict]
     stop = threading.Event()
     with StopOnCtrlC(stop) as ctrl_c:  # also while compacting: a second Ctrl-C must not cut it short
         try:
+            workers = max(1, min(cfg.llm_concurrency, len(ids) - stats["skipped"]))  # never more than papers
             fatal = _run(kind, Caller(cfg, prompt, prompt_sha, field, parse, values, stop), stats,
-                         (p for p in papers() if p["id"] not in done), out, failures_file, stop)
+                         (p for p in papers() if p["id"] not in done), out, failures_file, stop, workers)
         except KeyboardInterrupt:  # raised by other code than our SIGINT handler (e.g. off the main thread)
             ctrl_c.fired, fatal = True, None
         finally:  # also on an unexpected error: what is written stays, compacted
@@ -167,17 +170,16 @@ def generate(kind: str, prompt: Prompt, field: str, parse: Callable[[dict, dict]
 
 
 def _run(kind: str, caller: "Caller", stats: dict, todo: Iterator[dict], out: Any, failures_file: str,
-         stop: threading.Event) -> Exception | None:
-    """The loop of generate: papers to the workers, their records to the files as they finish, until
+         stop: threading.Event, workers: int) -> Exception | None:
+    """The loop of generate: papers to `workers` threads, their records to the files as they finish, until
     done, a fatal error (returned) or `stop`. Fills `stats`."""
-    cfg = caller.cfg
-    pool = DaemonPool(cfg.llm_concurrency)
+    pool = DaemonPool(workers)
     bar = tqdm(total=stats["papers"], initial=stats["skipped"], desc=kind, unit="paper", dynamic_ncols=True)
     bar.set_postfix(done=0, failed=0, skipped=stats["skipped"])
     start, fatal = time.time(), None
     try:
         with open(failures_file, "a", encoding="utf-8") as failed:
-            for fut in completed(pool, caller, todo, window=2 * cfg.llm_concurrency, stop=stop):
+            for fut in completed(pool, caller, todo, window=2 * workers, stop=stop):
                 try:
                     record = fut.result()
                 except FatalServerError as e:
@@ -385,18 +387,3 @@ def clean_text(text: Any) -> str:
 def _short(text: str, n: int = 300) -> str:
     text = clean_text(str(text))
     return text if len(text) <= n else text[:n] + "..."
-
-
-def request_body(cfg: Config, messages: list[dict], json_mode: bool) -> dict:
-    """The chat completion request, as sent (the key goes in a header, never here)."""
-    body = dict(model=cfg.llm_model, messages=messages, temperature=cfg.llm_temperature,
-                top_p=cfg.llm_top_p, max_tokens=cfg.llm_max_tokens)
-    if json_mode:
-        body["response_format"] = {"type": "json_object"}
-    return body
-
-
-def _dry_run_request(cfg: Config, prompt: Prompt, paper: dict, values: dict) -> dict:
-    body = request_body(cfg, prompt.messages(paper, **values), cfg.llm_response_format != "none")
-    return {"POST": public_url(cfg.llm_base_url).rstrip("/") + "/chat/completions", "paper": paper["id"],
-            "prompt": prompt.id, "prompt_sha256": prompt.sha256(values), "body": body}

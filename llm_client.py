@@ -92,3 +92,19 @@ def check_settings(cfg: Config) -> None:
         raise GenerationError(str(e)) from None
     if not urlsplit(cfg.llm_base_url).hostname:
         raise GenerationError(f"setting 'llm_base_url' is not a URL: '{public_url(cfg.llm_base_url)}'")
+
+
+def request_body(cfg: Config, messages: list[dict], json_mode: bool) -> dict:
+    """The chat completion request, as sent (the key goes in a header, never here)."""
+    body = dict(model=cfg.llm_model, messages=messages, temperature=cfg.llm_temperature,
+                top_p=cfg.llm_top_p, max_tokens=cfg.llm_max_tokens)
+    if json_mode:
+        body["response_format"] = {"type": "json_object"}
+    return body
+
+
+def dry_run_request(cfg: Config, prompt: Any, paper: dict, values: dict) -> dict:
+    """What --dry-run prints: the first request as it would be sent, and where to."""
+    body = request_body(cfg, prompt.messages(paper, **values), cfg.llm_response_format != "none")
+    return {"POST": public_url(cfg.llm_base_url).rstrip("/") + "/chat/completions", "paper": paper["id"],
+            "prompt": prompt.id, "prompt_sha256": prompt.sha256(values), "body": body}

@@ -149,7 +149,7 @@ def _field(path: str, line: int, obj: dict, name: str, kind: type, required: boo
 
 
 def iter_corpus(path: str) -> Iterator[dict]:
-    """Stream papers {"id", "title", "abstract", "label" (None if absent)} in file order, checking each
+    """Stream papers {"id", "title", "abstract", "label" (None if absent or empty)} in file order, checking each
     line as it comes; memory holds one paper and the ids seen (to refuse a duplicate)."""
     seen: dict[str, int] = {}
     for line, obj in iter_jsonl(path):
@@ -160,8 +160,9 @@ def iter_corpus(path: str) -> Iterator[dict]:
         label = obj.get("label")
         if label is not None and not isinstance(label, (str, int)):
             raise DataError(f"{path}:{line}: field 'label' must be a string, got {type(label).__name__}")
+        label = None if label is None or not str(label).strip() else str(label)  # "" is no topic: unlabelled
         yield {"id": pid, "title": _field(path, line, obj, "title", str),
-               "abstract": _field(path, line, obj, "abstract", str), "label": None if label is None else str(label)}
+               "abstract": _field(path, line, obj, "abstract", str), "label": label}
 
 
 def load_corpus(path: str) -> list[dict]:
@@ -170,6 +171,26 @@ def load_corpus(path: str) -> list[dict]:
     if not papers:
         raise DataError(f"{path}: no papers in file")
     return papers
+
+
+def at_least_two(papers: list[dict], path: str, user: str) -> list[dict]:
+    """`papers`, if there are at least two: a rank among one candidate is always 1 (it would never move).
+    `user` names what ranks them, for the message."""
+    if len(papers) < 2:
+        raise DataError(f"{path}: {len(papers)} paper; {user} ranks each paper's partner among all papers and "
+                        f"needs at least 2")
+    return papers
+
+
+def papers_in_common(papers: list[dict], path: str) -> list[str]:
+    """Titles of `papers` that are also in the corpus file `path`, compared by content (the title without
+    case, punctuation or spacing), not by file name: a copy, a link or a re-export of one file is found."""
+    other = {_plain_title(p["title"]) for p in iter_corpus(path)}
+    return [p["title"] for p in papers if _plain_title(p["title"]) in other]
+
+
+def _plain_title(title: str) -> str:
+    return " ".join(re.findall(r"\w+", title.lower()))
 
 
 def load_summaries(path: str, min_summaries: int = 2) -> dict[str, list[str]]:
@@ -182,11 +203,7 @@ def load_summaries(path: str, min_summaries: int = 2) -> dict[str, list[str]]:
     against 10.7 s / 140 MiB for a byte-offset index and 15.3 s / 394 MiB for `datasets`
     (bench/data_loading.py); simpler, and fast to index in every batch."""
     summaries: dict[str, list[str]] = {}
-    for line, obj in iter_jsonl(path, allow_truncated_tail=True):
-        pid = _field(path, line, obj, "id", str)
-        texts = _field(path, line, obj, "summaries", list)
-        if not all(isinstance(s, str) for s in texts):
-            raise DataError(f"{path}:{line}: field 'summaries' must be a list of strings")
+    for _, pid, texts in iter_summaries(path):
         summaries[pid] = _distinct(summaries.get(pid, []) + texts)
     skipped = [pid for pid, texts in summaries.items() if len(texts) < min_summaries]
     for pid in skipped:
@@ -198,6 +215,17 @@ def load_summaries(path: str, min_summaries: int = 2) -> dict[str, list[str]]:
     if len(skipped) == len(summaries):
         raise DataError(f"{path}: no paper has at least {min_summaries} distinct summaries")
     return {pid: texts for pid, texts in summaries.items() if len(texts) >= min_summaries}
+
+
+def iter_summaries(path: str) -> Iterator[tuple[int, str, list[str]]]:
+    """Stream (line number, paper id, its summaries) of a summaries file, each line checked: a string id
+    and a list of strings (a corpus file or a string where the list belongs is named by file:line)."""
+    for line, obj in iter_jsonl(path, allow_truncated_tail=True):
+        pid = _field(path, line, obj, "id", str)
+        texts = _field(path, line, obj, "summaries", list)
+        if not all(isinstance(s, str) for s in texts):
+            raise DataError(f"{path}:{line}: field 'summaries' must be a list of strings")
+        yield line, pid, texts
 
 
 def _distinct(texts: list[str]) -> list[str]:

@@ -11,6 +11,7 @@ evaluate it, beside the untrained encoder it started from, on the semantic bench
 """
 import cli
 import settings
+from benchmark_harness import queries_to_use
 from load_data import ensure_default_data
 from model import for_scoring, load_model
 from semantic_benchmark import evaluate_model_semantics
@@ -23,6 +24,7 @@ def main(resume: bool = False, overwrite: bool = False) -> None:
     cfg = settings.resolved()  # settings.py + the command line, read once and passed down
     # Build data/ from the installed aclsum package if the default files are missing (no download).
     ensure_default_data(cfg.data_dir)
+    queries_to_use(cfg)  # a mistyped --queries_file is refused now, not after the training
     best_dir = train_embedding_model(cfg, resume=resume, overwrite=overwrite)
     model, tokenizer = load_model(best_dir, cfg.device, offline=cfg.offline, trust_remote_code=cfg.trust_remote_code)
     model = for_scoring(model, cfg.precision)  # only scored from here: bf16 weights where autocast is bf16

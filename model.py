@@ -14,36 +14,32 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import time
+from typing import Any
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
-from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
 from tqdm.auto import tqdm
-from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 import files
 import settings
 from settings import Config, SettingsError
+from model_folders import (ModelError, check_tokenizer, check_tokenizer_files, disk_problem, find_model,  # noqa: F401
+                           is_sentence_transformers_folder, load_encoder, load_modules, module_list,
+                           plain_transformer, position_limit, reusing, saved_scoring)
 from similarity import METRICS, block_rows, partner_ranks, similarity, similarity_blocks  # noqa: F401 -- re-exported
 
 hf_logging.disable_progress_bar()
 hf_logging.set_verbosity_error()
 
-# Files that hold a tokenizer's vocabulary; without one, transformers builds a 5-token tokenizer that
-# maps every word to [UNK] (and scores chance) instead of failing.
-VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
-                    "spm.model", "tokenizer.model", "bpe.codes")
-
-
-class ModelError(settings.UserError, ValueError):
-    """A model that cannot be loaded or used; the message names the path or name."""
+TRAINING_METRICS = ("cosine", "euclidean")  # the setting 'metric' (the benchmark also ranks by "dot")
 
 
 def load_model(name_or_path: str, device: str = "auto", pooling: str = "auto", metric: str = "auto", *,
@@ -57,19 +53,19 @@ def load_model(name_or_path: str, device: str = "auto", pooling: str = "auto", m
     `offline` (the setting): a Hugging Face name is looked up only in the local cache, never downloaded.
     """
     label = str(name_or_path)
-    folder = _local_folder(label, offline)
-    modules = _module_list(folder, label)
+    folder = find_model(label, offline)
+    modules = module_list(folder, label)
     encoder_dir = os.path.join(folder, modules[0]["path"]) if modules else folder
-    encoder = _load_encoder(encoder_dir, label, trust_remote_code)
-    _check_tokenizer_files(encoder_dir, label)
-    with _reusing(encoder):  # the Transformer module takes the encoder we loaded and checked
+    encoder = load_encoder(encoder_dir, label, trust_remote_code)
+    check_tokenizer_files(encoder_dir, label)
+    with reusing(encoder):  # the Transformer module takes the encoder we loaded and checked
         if modules:
-            model = _load_modules(folder, label, trust_remote_code)
+            model = load_modules(folder, label, trust_remote_code)
         else:
-            transformer = Transformer(encoder_dir, max_seq_length=min(_position_limit(encoder), 512))
+            transformer = plain_transformer(encoder_dir, min(position_limit(encoder), 512), label)
             pooler = Pooling(transformer.get_embedding_dimension(), pooling_mode="cls")
             model = SentenceTransformer(modules=[transformer, pooler], device="cpu", similarity_fn_name="euclidean")
-    _check_tokenizer(model, encoder, label)
+    check_tokenizer(model, encoder, label)
     if model.similarity_fn_name not in METRICS:
         raise ModelError(f"{label}: similarity '{model.similarity_fn_name}' is not supported ({', '.join(METRICS)})")
     if pooling != "auto":
@@ -88,11 +84,19 @@ def save_model(model: SentenceTransformer, path: str, training_state: dict | Non
     """Save as a sentence-transformers folder: every module, max_seq_length and similarity_fn_name;
     atomically (files.atomic_folder: a crash leaves the old folder or the new one). `training_state`
     (optimizer, scheduler, step, RNG) is saved in the same swap as training_state.pt, so weights and
-    state always match."""
-    with files.atomic_folder(path) as tmp:
-        model.save(tmp, create_model_card=False)
-        if training_state is not None:
-            torch.save(training_state, os.path.join(tmp, "training_state.pt"))
+    state always match. A full disk (an OSError, or what torch and safetensors raise for it) is a
+    ModelError naming the folder and the free space; the previous folder is kept."""
+    try:
+        with files.atomic_folder(path) as tmp:
+            model.save(tmp, create_model_card=False)
+            if training_state is not None:
+                torch.save(training_state, os.path.join(tmp, "training_state.pt"))
+    except Exception as e:  # noqa: BLE001 -- a disk problem is told apart below; anything else is raised as is
+        weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        problem = disk_problem(e, path, weights * (3 if training_state is not None else 1))  # + AdamW's 2 moments
+        if problem is None:
+            raise
+        raise ModelError(f"{path}: cannot save the model ({problem}); its previous save is kept") from None
     return path
 
 
@@ -106,6 +110,10 @@ def resolve_model_settings(cfg: Config, model: SentenceTransformer | str) -> Con
     else:
         model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
         own = {"pooling": pooling_of(model), "metric": model.similarity_fn_name}
+    if cfg.metric == "auto" and own["metric"] not in TRAINING_METRICS:
+        raise ModelError(f"{model if isinstance(model, str) else _name(model)}: its similarity is '{own['metric']}' "
+                         f"(similarity_fn_name); training and its validation support {' and '.join(TRAINING_METRICS)}: "
+                         f"choose one with --metric")
     return cfg.replace(**{k: own[k] for k in ("pooling", "metric") if getattr(cfg, k) == "auto"})
 
 
@@ -150,20 +158,24 @@ def transformer_of(model: SentenceTransformer) -> PreTrainedModel:
 
 def default_max_length(model: SentenceTransformer) -> int:
     """The model's own max_seq_length, never beyond its position limit."""
-    limit = _position_limit(transformer_of(model))
+    limit = position_limit(transformer_of(model))
     return min(model.max_seq_length or limit, limit)
+
+
+def check_max_length(model: SentenceTransformer, max_length: int, setting: str) -> None:
+    """SettingsError naming `setting` when `max_length` tokens are beyond the model's position limit: checked
+    at start-up, before a long text fails deep inside torch (or a run folder was written)."""
+    limit = position_limit(transformer_of(model))
+    if max_length > limit:
+        raise SettingsError(f"setting '{setting}' is {max_length}, beyond the position limit of {_name(model)} "
+                            f"({limit} tokens): set it to at most {limit}")
 
 
 def short_name(path: str) -> str:
     """A model's name for tables: the packaged MiniLM by its name, a folder by its last two parts."""
     if os.path.abspath(path) == os.path.abspath(settings.packaged_minilm()):
         return "all-MiniLM-L6-v2"
-    parts = os.path.normpath(path).split(os.sep)
-    return "/".join(parts[-2:]) if os.path.isdir(path) else path
-
-
-def is_sentence_transformers_folder(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "modules.json"))
+    return "/".join(os.path.normpath(path).split(os.sep)[-2:]).lstrip("/") or path  # a hub name is org/name
 
 
 # ----------------------------------------------------------------------------------------------
@@ -177,7 +189,7 @@ def embed(model: SentenceTransformer, batch: dict[str, torch.Tensor], pooling: s
     a module of the model, not a choice made here)."""
     if pooling is not None and pooling != pooling_of(model):
         raise ModelError(f"{_name(model)}: pools by '{pooling_of(model)}', not '{pooling}'")
-    tokens, limit = batch["input_ids"].shape[1], _position_limit(transformer_of(model))
+    tokens, limit = batch["input_ids"].shape[1], position_limit(transformer_of(model))
     if tokens > limit:  # beyond it the position embeddings fail deep inside torch with an index error
         raise SettingsError(f"a text of {tokens} tokens is longer than {_name(model)}'s position limit "
                             f"{limit}: set max_length (training) or benchmark_max_length to at most {limit}")
@@ -190,8 +202,9 @@ def encode(model: SentenceTransformer, tokenizer: PreTrainedTokenizerBase, texts
            ) -> np.ndarray:
     """Embed texts through all the model's modules: float32 array [len(texts), dim], in input order.
 
-    Texts are tokenized once (truncated to `max_length`, default the model's own), sorted by token
-    length (so each batch pads only to its own longest text), and run without grad under autocast.
+    Texts are tokenized once (tokenize(): cut by characters, truncated to `max_length`, default the
+    model's own), sorted by token length (so each batch pads only to its own longest text), and run
+    without grad under autocast.
     """
     if batch_size < 1:
         raise SettingsError(f"setting 'encode_batch_size' must be at least 1, got {batch_size}")
@@ -202,7 +215,8 @@ def encode(model: SentenceTransformer, tokenizer: PreTrainedTokenizerBase, texts
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    ids = [x for i in range(0, len(texts), TOKENIZE_CHUNK)  # a chunk's encodings at a time, then its ids
+           for x in tokenize(tokenizer, texts[i:i + TOKENIZE_CHUNK], max_length)["input_ids"]]
     order = np.argsort([-len(x) for x in ids], kind="stable")
     out = np.zeros((len(texts), dim), dtype=np.float32)
     show = len(texts) > 5 * batch_size if show_progress is None else show_progress
@@ -214,6 +228,36 @@ def encode(model: SentenceTransformer, tokenizer: PreTrainedTokenizerBase, texts
             out[idx] = embed(model, batch).float().cpu().numpy()
     model.train(was_training)
     return out
+
+
+# A text is cut to CHARS_PER_TOKEN x max_length x (the longest token of the vocabulary, in characters, at
+# most LONGEST_TOKEN_CAP) characters before it is tokenized: the tokenizer handles the whole text before it
+# truncates (a 20 MB abstract took 156 s and 4 GB to keep 256 tokens). No token spans more characters than
+# the longest in the vocabulary (plus the spaces before it), so a normal text's first max_length tokens lie
+# well inside the cut and its vectors are unchanged; only text with long runs of spaces or of characters
+# outside the vocabulary could lose tokens. Per text that bounds the tokenizer's work to at most
+# 4 x 512 x 64 = 131,072 characters for a 512-token model.
+CHARS_PER_TOKEN = 4
+LONGEST_TOKEN_CAP = 64
+TOKENIZE_CHUNK = 256  # texts tokenized at once by encode(): the tokenizer's memory is per chunk
+
+
+def tokenize(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int, **kwargs: Any) -> Any:
+    """`tokenizer(texts, truncation=True, max_length=max_length, **kwargs)` on texts cut by characters first
+    (see CHARS_PER_TOKEN): the one tokenization of encode(), training and SARCSE's token weights."""
+    limit = CHARS_PER_TOKEN * max_length * _longest_token(tokenizer)
+    return tokenizer([t[:limit] for t in texts], truncation=True, max_length=max_length, **kwargs)
+
+
+def _longest_token(tokenizer: PreTrainedTokenizerBase) -> int:
+    """Characters of the vocabulary's longest token (without WordPiece's ##, BPE's Ġ or SentencePiece's ▁
+    marker), within [1, LONGEST_TOKEN_CAP]; computed once per tokenizer."""
+    cached = getattr(tokenizer, "_semcse_longest_token", None)
+    if cached is None:
+        longest = max((len(t.removeprefix("##").lstrip("Ġ▁")) for t in tokenizer.get_vocab()), default=1)
+        cached = min(max(longest, 1), LONGEST_TOKEN_CAP)
+        tokenizer._semcse_longest_token = cached
+    return cached
 
 
 def for_scoring(model: SentenceTransformer, precision: str = "auto") -> SentenceTransformer:
@@ -293,150 +337,6 @@ def autocast(device: torch.device, precision: str = "auto") -> contextlib.Abstra
     if chosen == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if chosen == "bf16" else torch.float16)
-
-
-# ----------------------------------------------------------------------------------------------
-# Loading: find the folder, check what is in it, load the encoder once
-
-
-def _local_folder(name: str, offline: bool) -> str:
-    """A local folder, or a Hugging Face name resolved to its folder in the cache (downloaded only
-    when `offline` is False: local_files_only per call, so the setting holds for this call alone)."""
-    files.recover_interrupted_folder(name)
-    if os.path.isdir(name):
-        return name
-    if os.path.exists(name):
-        raise ModelError(f"{name}: is a file, not a model folder")
-    try:
-        from huggingface_hub import snapshot_download
-
-        return snapshot_download(name, local_files_only=offline,
-                                 ignore_patterns=["onnx/*", "openvino/*", "*.onnx", "*.h5", "*.msgpack", "*.ot"])
-    except Exception:  # noqa: BLE001 -- not cached, bad repo id, no network: one answer
-        raise ModelError(
-            f"model '{name}' is not a local folder and not in the Hugging Face cache; this project "
-            f"never downloads at run time: fetch it once elsewhere (huggingface-cli download {name}) "
-            f"and pass its folder, or set --offline=false on a machine with internet") from None
-
-
-def _module_list(folder: str, label: str) -> list[dict] | None:
-    """modules.json of a sentence-transformers folder (None for a plain encoder); its first module
-    must be a Transformer."""
-    path = os.path.join(folder, "modules.json")
-    if not os.path.exists(path):
-        return None
-    try:
-        modules = json.load(open(path, encoding="utf-8"))
-        first = modules[0]["type"].rsplit(".", 1)[-1]
-    except (ValueError, LookupError, TypeError, AttributeError):
-        raise ModelError(f"{label}: modules.json is damaged (expected a list of modules)") from None
-    if first != "Transformer":
-        raise ModelError(f"{label}: its first module is {first}; an embedding model here starts with a Transformer")
-    return modules
-
-
-def _load_encoder(folder: str, label: str, trust_remote_code: bool) -> PreTrainedModel:
-    """The Hugging Face encoder of `folder`, refusing what would load "successfully" but wrongly."""
-    files = os.listdir(folder) if os.path.isdir(folder) else []
-    if not any(f.endswith((".safetensors", ".bin")) for f in files):
-        raise ModelError(f"{label}: model folder has no weights (*.safetensors or *.bin)")
-    if "config.json" not in files:
-        raise ModelError(f"{label}: model folder has no config.json")
-    kwargs = dict(local_files_only=True, trust_remote_code=trust_remote_code)
-    if any(f.endswith(".safetensors") for f in files):
-        kwargs["use_safetensors"] = True  # never unpickle a .bin beside them
-    try:
-        model, info = AutoModel.from_pretrained(folder, output_loading_info=True, **kwargs)
-    except Exception as e:  # noqa: BLE001 -- damaged files raise RuntimeError, SafetensorError, ...
-        if "mismatched_sizes" in str(e):
-            raise ModelError(f"{label}: its weights do not fit its config.json (tensor shapes differ: "
-                             f"wrong architecture, or an edited config?)") from None
-        raise ModelError(f"{label}: cannot load model folder ({type(e).__name__}: "
-                         f"{(str(e).strip().splitlines() or [''])[0]})") from None
-    # Weights of another architecture load with the missing tensors drawn at random: refuse that
-    # (a missing pooler is fine, no embedding uses it).
-    missing = [k for k in info["missing_keys"] if not k.startswith("pooler.")]
-    if missing:
-        raise ModelError(f"{label}: its weights do not fit its config.json ({model.config.model_type}): "
-                         f"{len(missing)} tensors missing, e.g. '{missing[0]}' (wrong architecture?)")
-    if model.config.is_encoder_decoder:
-        raise ModelError(f"{label}: an encoder-decoder model ({model.config.model_type}); an embedding "
-                         f"model needs an encoder (BERT, RoBERTa, DeBERTa, ...)")
-    return model.eval()
-
-
-def _load_modules(folder: str, label: str, trust_remote_code: bool) -> SentenceTransformer:
-    """All the modules of a sentence-transformers folder (Pooling, Dense, Normalize, ...)."""
-    try:
-        return SentenceTransformer(folder, device="cpu", local_files_only=True,
-                                   trust_remote_code=trust_remote_code)
-    except Exception as e:  # noqa: BLE001 -- a damaged module folder fails in many ways
-        raise ModelError(f"{label}: cannot load its sentence-transformers modules ({type(e).__name__}: "
-                         f"{(str(e).strip().splitlines() or [''])[0]})") from None
-
-
-def _check_tokenizer_files(folder: str, label: str) -> None:
-    files = os.listdir(folder)
-    if not any(f in VOCABULARY_FILES or f.endswith(".model") for f in files):
-        raise ModelError(f"{label}: model folder has no tokenizer vocabulary ({', '.join(VOCABULARY_FILES[:3])}, "
-                         f"...): every word would be [UNK]")
-
-
-def _check_tokenizer(model: SentenceTransformer, encoder: PreTrainedModel, label: str) -> None:
-    """The tokenizer must fit the embedding matrix: no id beyond it, and most of it reachable."""
-    n, rows = len(model.tokenizer), encoder.get_input_embeddings().num_embeddings
-    if n > rows or n < rows // 2:
-        raise ModelError(f"{label}: its tokenizer has {n} tokens for {rows} token embeddings "
-                         f"(a tokenizer of another model?)")
-
-
-@contextlib.contextmanager
-def _reusing(encoder: PreTrainedModel):
-    # sentence-transformers' Transformer module loads the weights itself; hand it the encoder already
-    # loaded and checked above, so the weights are read once and our checks hold for what is used.
-    original = Transformer._load_model
-    Transformer._load_model = lambda self, *args, **kwargs: encoder
-    try:
-        yield
-    finally:
-        Transformer._load_model = original
-
-
-def _position_limit(encoder: PreTrainedModel) -> int:
-    """Longest input the position embeddings allow (RoBERTa-like models reserve padding_idx + 1)."""
-    limit = getattr(encoder.config, "max_position_embeddings", None) or 512
-    positions = getattr(getattr(encoder, "embeddings", None), "position_embeddings", None)
-    if getattr(positions, "padding_idx", None) is not None:
-        limit -= positions.padding_idx + 1
-    return limit
-
-
-def saved_scoring(name_or_path: str, offline: bool = True) -> dict:
-    """pooling, metric and normalization of a model folder from its files, without loading weights: a
-    sentence-transformers folder's 1_Pooling, similarity_fn_name (cosine when unset, as
-    sentence-transformers) and Normalize module; a plain encoder: cls, euclidean, not normalized."""
-    folder = _local_folder(name_or_path, offline)
-    if not is_sentence_transformers_folder(folder):
-        return {"pooling": "cls", "metric": "euclidean", "normalized": False}
-    modules = _module_list(folder, name_or_path)
-    pool = next((m["path"] for m in modules if m["type"].endswith("Pooling")), None)
-    c = _read_json(os.path.join(folder, pool, "config.json")) if pool else {}
-    pooling = c.get("pooling_mode") or ("cls" if c.get("pooling_mode_cls_token") else
-                                        "mean" if c.get("pooling_mode_mean_tokens") else "none")
-    metric = _read_json(os.path.join(folder, "config_sentence_transformers.json")).get("similarity_fn_name")
-    normalized = any(m["type"].endswith("Normalize") for m in modules)
-    return {"pooling": pooling, "metric": metric or "cosine", "normalized": normalized}
-
-
-def _read_json(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            obj = json.load(f)
-    except FileNotFoundError:
-        return {}
-    except ValueError:
-        raise ModelError(f"{path}: is not valid JSON (damaged model folder?)") from None
-    return obj if isinstance(obj, dict) else {}
 
 
 def _name(model) -> str:

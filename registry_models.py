@@ -95,6 +95,9 @@ def file_sha256(path: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("--help", "-h"):
+        print(__doc__.strip())
+        return 0
     if len(argv) not in (1, 2) or argv[0] not in MODELS:
         print(f"usage: python registry_models.py {{{','.join(MODELS)}}} [FOLDER]", file=sys.stderr)
         return 2

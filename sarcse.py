@@ -9,6 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from model import tokenize
+
 
 class ReconstructionHead(nn.Module):
     """SARCSE's token-reconstruction autoencoder on the encoder's last-layer token states.
@@ -45,7 +47,7 @@ def token_weights(tokenizer, texts: Iterable[str], max_length: int) -> torch.Ten
     largest). Special tokens weigh 0: rebuilding [CLS] or [SEP] teaches nothing."""
     n, total, texts = torch.zeros(len(tokenizer), dtype=torch.float64), 0, iter(texts)
     while chunk := list(islice(texts, 1024)):  # streamed: the texts may not fit in memory together
-        for ids in tokenizer(chunk, truncation=True, max_length=max_length)["input_ids"]:
+        for ids in tokenize(tokenizer, chunk, max_length)["input_ids"]:
             n[list(set(ids))] += 1
         total += len(chunk)
     w = torch.log((1 + total) / (1 + n)) + 1

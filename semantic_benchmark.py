@@ -101,6 +101,8 @@ def task_abstract_segments(embed, corpus: list[dict], metric: str, memory_mb: fl
 def task_query(embed, corpus: list[dict], queries: list[dict] | None, metric: str, sep: str,
                queries_file: str, memory_mb: float | None = None) -> dict | str:
     if queries is None:
+        if not queries_file:
+            return "no queries file (setting queries_file is empty)"
         return f"no queries file {queries_file} (make one with generate_search_queries.py)"
     if not queries:
         return f"no query in {queries_file} is for a paper of this corpus"

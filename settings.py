@@ -8,6 +8,7 @@ override it for one run on any script's command line: `python main.py --metric=c
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
 import math
 import re
@@ -51,7 +52,7 @@ train_summaries_file = "data/arxiv_llm_summaries.jsonl"  # summaries used as tra
 benchmark_corpus_file = "data/arxiv_benchmark.jsonl"   # held-out labelled arXiv papers for the benchmark
                                                        #   (ACLSum: data/benchmark_corpus.jsonl)
 queries_file = "data/arxiv_queries.jsonl"              # LLM search queries for the query task
-                                                       #   (ACLSum: data/queries.jsonl)
+                                                       #   (ACLSum: data/queries.jsonl; "" = no Query task)
 
 # Training (in-batch contrastive on pairs of different summaries of one abstract)
 batch_size = 64                 # pairs per batch; each batch has 2*batch_size texts. batch_size, learning_rate,
@@ -121,9 +122,31 @@ generated_summaries_file = "data/arxiv_summaries.jsonl"  # (data/llm_summaries.j
 query_corpus_file = "data/arxiv_benchmark.jsonl"   # papers to write search queries for (the benchmark corpus)
 
 # ----------------------------------------------------------------------------------------------
-# Everything above is a setting; a name's type is its default's type.
-_TYPES: dict[str, type] = {k: type(v) for k, v in dict(globals()).items()
-                           if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
+# Every setting above and its type: the declaration a value is checked against, wherever it comes from
+# (this file, a setter, the command line). A value edited into this file must have this type (an int
+# is taken for a float); a name above that is not declared here (a misspelt setting) is refused, and
+# so is a name declared here without a value above. A new setting needs its line here.
+_TYPES: dict[str, type] = {
+    "metric": str, "encoder_checkpoint": str, "pooling": str, "max_length": int, "offline": bool,
+    "trust_remote_code": bool,
+    "save_name": str, "output_dir": str, "data_dir": str, "train_corpus_file": str, "train_summaries_file": str,
+    "benchmark_corpus_file": str, "queries_file": str,
+    "batch_size": int, "learning_rate": float, "weight_decay": float, "warmup_steps": int, "max_grad_norm": float,
+    "temperature": float, "epochs": int, "max_steps": int, "max_train_papers": int, "max_train_summaries": int,
+    "validation_size": int, "validation_corpus_file": str,
+    "select_best_by": str, "eval_every": int, "patience": int, "seed": int, "device": str, "precision": str,
+    "encode_batch_size": int, "objective": str, "reconstruction_weight": float, "mini_batch_size": int,
+    "compile": bool,
+    "knn_k": int, "benchmark_max_length": int, "perf_reference": str, "score_memory_mb": int,
+    "baseline_models": str, "embedding_cache_dir": str,
+    "llm_base_url": str, "llm_model": str, "llm_api_key": str, "summaries_per_abstract": int,
+    "llm_temperature": float, "llm_top_p": float, "llm_max_tokens": int, "llm_concurrency": int, "llm_retries": int,
+    "llm_http_retries": int, "llm_timeout": float, "llm_response_format": str, "generation_corpus_file": str,
+    "generated_summaries_file": str, "query_corpus_file": str,
+}
+# The values as this file has them, before any setter or command line: a path left at its default may
+# be skipped when it is missing (said so in the output); a path the user gave must exist.
+_DEFAULTS: dict[str, Any] = {k: globals().get(k) for k in _TYPES}
 SECRET = {"llm_api_key"}  # never written anywhere
 BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
@@ -139,6 +162,7 @@ def _one_of(*choices: str) -> tuple[Callable[[Any], bool], str]:
 _POSITIVE = ((lambda v: v > 0), "> 0")
 _NOT_EMPTY = ((lambda v: bool(v.strip())), "not empty")
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+MAX_LLM_CONCURRENCY = 256
 
 # Each setting's allowed values, checked whenever a value is set or resolved (the command line,
 # update(), resolved()), so a bad value stops the run at start-up with the setting named instead of
@@ -166,13 +190,16 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "summaries_per_abstract": _at_least(2),  # a training pair takes two
     "llm_temperature": ((lambda v: 0 <= v <= 2), "between 0 and 2"),
     "llm_top_p": ((lambda v: 0 < v <= 1), "> 0 and <= 1"),
-    "llm_max_tokens": _at_least(1), "llm_concurrency": _at_least(1), "llm_retries": _at_least(0),
+    "llm_max_tokens": _at_least(1), "llm_retries": _at_least(0),
+    # a thread per request in flight: thousands fail to start ("can't start new thread"), and no server
+    # serves more than a few hundred at once
+    "llm_concurrency": ((lambda v: 1 <= v <= MAX_LLM_CONCURRENCY), f"between 1 and {MAX_LLM_CONCURRENCY}"),
     "llm_http_retries": _at_least(0), "llm_timeout": _POSITIVE,
     "save_name": ((lambda v: bool(v.strip()) and v not in (".", "..") and not re.search(r"[/\\\0]", v)),
                   "a folder name (not empty, no / or \\)"),
     "encoder_checkpoint": _NOT_EMPTY, "llm_base_url": _NOT_EMPTY, "llm_model": _NOT_EMPTY,
-    **{k: _NOT_EMPTY for k in ("train_corpus_file", "train_summaries_file", "benchmark_corpus_file", "queries_file",
-                               "generation_corpus_file", "generated_summaries_file", "query_corpus_file")},
+    **{k: _NOT_EMPTY for k in ("train_corpus_file", "train_summaries_file", "benchmark_corpus_file", "output_dir",
+                               "data_dir", "generation_corpus_file", "generated_summaries_file", "query_corpus_file")},
 }
 
 
@@ -198,7 +225,7 @@ def _as_dict(self: Any) -> dict[str, Any]:
 # resolved() (settings.py + command line + overrides) and passed down; nothing reads the globals above
 # behind its caller's back. `cfg.replace(metric="cosine")` makes a checked copy.
 Config = dataclasses.make_dataclass(
-    "Config", [(k, t, dataclasses.field(default=globals()[k])) for k, t in _TYPES.items()],
+    "Config", [(k, t, dataclasses.field(default=globals().get(k))) for k, t in _TYPES.items()],
     frozen=True, namespace={"replace": _replace, "as_dict": _as_dict, "__module__": __name__})
 
 
@@ -219,13 +246,15 @@ def set_encoder_checkpoint(checkpoint: str) -> None:
     update(encoder_checkpoint=checkpoint)
 
 
-def _convert(key: str, value: Any) -> Any:
-    """`value` as setting `key`'s type, within its range (_CHECKS); SettingsError naming it otherwise.
-    Values are shown with repr in messages, so any value (a newline, say) keeps them on one line."""
+def _convert(key: str, value: Any, source: str = "") -> Any:
+    """`value` as setting `key`'s declared type (_TYPES), within its range (_CHECKS); SettingsError naming
+    it otherwise. Text is parsed (the command line); a value from `source` ("settings.py") is not: written
+    in the file, it must have the type itself. Values are shown with repr in messages, so any value (a
+    newline, say) keeps them on one line."""
     if key not in _TYPES:
         raise SettingsError(f"unknown setting {key!r} (see settings.py for the names)")
-    want = _TYPES[key]
-    if isinstance(value, str) and want is not str:
+    want, where = _TYPES[key], f"{source}: " if source else ""
+    if isinstance(value, str) and want is not str and not source:
         text = value.strip()
         try:
             if want is bool:
@@ -237,12 +266,12 @@ def _convert(key: str, value: Any) -> Any:
     elif want is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if type(value) is not want:
-        raise SettingsError(f"setting '{key}' must be {want.__name__}, got {type(value).__name__} {value!r}")
+        raise SettingsError(f"{where}setting '{key}' must be {want.__name__}, got {type(value).__name__} {value!r}")
     if want is float and not math.isfinite(value):
-        raise SettingsError(f"setting '{key}' must be a finite number, got {value!r}")
+        raise SettingsError(f"{where}setting '{key}' must be a finite number, got {value!r}")
     test, rule = _CHECKS.get(key, (lambda v: True, ""))
     if not test(value):
-        raise SettingsError(f"setting '{key}' must be {rule}, got {value!r}")
+        raise SettingsError(f"{where}setting '{key}' must be {rule}, got {value!r}")
     return value
 
 
@@ -254,10 +283,36 @@ def update(**values: Any) -> None:
 
 def resolved(**overrides: Any) -> Config:
     """The Config of all settings, with `overrides` applied on top; every value checked (settings.py itself
-    may have been edited to a bad one); the module is unchanged."""
-    values = {k: globals()[k] for k in _TYPES}
-    values.update(overrides)
-    return Config(**{k: _convert(k, v) for k, v in values.items()})
+    may have been edited to a bad one: a wrong type, a misspelt name); the module is unchanged."""
+    _check_declarations()
+    values = {k: _convert(k, globals()[k], source="settings.py") for k in _TYPES}
+    values.update({k: _convert(k, v) for k, v in overrides.items()})
+    return Config(**values)
+
+
+def _check_declarations() -> None:
+    """SettingsError for a value in this file that is no declared setting (a misspelt name would
+    otherwise be a new setting that nothing reads), or a declared setting without a value."""
+    for k, v in globals().items():
+        if k.islower() and not k.startswith("_") and k not in _TYPES and isinstance(v, (bool, int, float, str,
+                                                                                         type(None))):
+            near = difflib.get_close_matches(k, _TYPES, n=1)
+            raise SettingsError(f"settings.py: '{k}' is not a setting" + (f" (did you mean '{near[0]}'?)" if near
+                                                                          else "") + "; a new one is declared in _TYPES")
+    for k in _TYPES:
+        if k not in globals():
+            raise SettingsError(f"settings.py: setting '{k}' has no value (its line is missing)")
+
+
+def current() -> dict[str, Any]:
+    """Every setting as the module holds it now, unchecked: what --help shows, whatever settings.py holds."""
+    return {k: globals().get(k) for k in _TYPES}
+
+
+def is_default(key: str, value: Any) -> bool:
+    """Whether `value` is setting `key`'s value in settings.py, rather than one given on the command line,
+    by a setter or as an argument: a default path may be missing (and is skipped, said so); a given one not."""
+    return value == _DEFAULTS[key]
 
 
 def check(cfg: Config) -> None:

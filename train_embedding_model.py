@@ -46,11 +46,12 @@ from settings import Config, SettingsError
 from contrastive import (contrastive_loss, contrastive_step, rng_state, set_rng_state,  # noqa: F401 -- re-exported
                          training_pairs)
 from distributed import join_processes, world_and_rank
-from load_data import (append_jsonl, batches_without_duplicates, load_corpus, load_summaries, repair_tail,
-                       split_validation)
-from model import (default_max_length, encode, load_model, partner_ranks, resolve_device, resolve_precision,
-                   resolve_model_settings, save_model, transformer_of)
-from run_folder import TrainingError, check_same_run, clear_outputs, locked, run_identity, start_afresh
+from load_data import (append_jsonl, at_least_two, batches_without_duplicates, load_corpus, load_summaries,
+                       papers_in_common, repair_tail, split_validation)
+from model import (autocast, check_max_length, default_max_length, encode, load_model, partner_ranks,
+                   resolve_device, resolve_model_settings, resolve_precision, save_model, transformer_of)
+from run_folder import (TrainingError, check_same_run, clear_outputs, locked, run_identity, start_afresh,
+                        trim_log)
 from sarcse import ReconstructionHead, token_weights
 from semantic_benchmark import task_title_abstract
 
@@ -72,7 +73,7 @@ def train_embedding_model(cfg: Config | None = None, resume: bool = False, overw
     device, world, rank = join_processes(resolve_device(cfg.device))
     say = print if rank == 0 else (lambda *a, **k: None)  # only the main process writes files and prints
     with locked(run_dir) if rank == 0 else contextlib.nullcontext():
-        run = _start(cfg, run_dir, device, rank == 0, resume, overwrite)
+        run = _start(cfg, run_dir, device, rank == 0, resume, overwrite)  # every check; writes nothing
         steps_per_epoch = len(run.batches_of(0))
         total_steps = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * steps_per_epoch
         warmup = min(cfg.warmup_steps, total_steps)
@@ -87,13 +88,11 @@ def train_embedding_model(cfg: Config | None = None, resume: bool = False, overw
                 f"(best validation mean rank {run.progress['best']:.3f})")
         else:
             torch.manual_seed(cfg.seed + rank)  # different dropout masks in each process
-            scores = validation_scores(run)
+            scores = validation_scores(run)  # the first forward passes on the data: still before any write
             initial = scores[_selected_by(cfg)]
             run.progress = dict(step=0, epoch=0, batch_in_epoch=0, best=initial, bad_validations=0, initial=initial,
                                 initial_scores=scores, best_scores=scores)
-            if run.main_process:
-                save_checkpoint(run.model, run.best_dir)
-            _log(run, {"step": 0, **_logged(scores), "of": len(run.val_texts[0])})
+        _claim_folder(run)
         say(f"{len(run.train)} training papers, {steps_per_epoch} batches/epoch, {total_steps} steps; validation on "
             f"{len(run.val_texts[0])} held-out papers, mean partner rank before training: "
             f"{run.progress['initial_scores']['summaries']:.3f}")
@@ -147,20 +146,22 @@ PROGRESS = ("step", "epoch", "batch_in_epoch", "best", "bad_validations", "initi
 
 def _start(cfg: Config, run_dir: str, device: torch.device, main_process: bool, resume: bool,
            overwrite: bool) -> Run:
-    """Check and load everything a run needs, then (main process) clear an earlier run if this one
-    starts afresh and write settings.json: a refused start writes nothing."""
+    """Check and load everything a run needs; writes nothing (_claim_folder does, after the first
+    validation), so a refused start leaves the folder as it was."""
     last_dir = os.path.join(run_dir, "last")
-    files.recover_interrupted_folder(last_dir)
+    for folder in (last_dir, os.path.join(run_dir, "best")):  # a kill between a save's two renames
+        files.recover_interrupted_folder(folder)
     fresh = start_afresh(run_dir, resume, overwrite)  # refuses a folder holding another run
-    identity = run_identity(cfg)
     train, val = training_data(cfg)
     val_papers = _validation_corpus(cfg)
+    identity = run_identity(cfg)
     state = None if fresh else load_checkpoint(last_dir, identity)
     # The model carries pooling and metric. Euclidean trains and ranks raw vectors, as the released SemCSE
     # (CLS, no normalization): between unit vectors the distance is a function of the cosine.
     model, tokenizer = load_model(last_dir if state else cfg.encoder_checkpoint, str(device), pooling=cfg.pooling,
                                   metric=cfg.metric, normalize=False if cfg.metric == "euclidean" else None,
                                   offline=cfg.offline, trust_remote_code=cfg.trust_remote_code)
+    _check_fits(cfg, model, device, bool(val_papers))
     train_model = torch.compile(model) if cfg.compile else model  # same weights; saving uses `model`
     head = None
     if cfg.objective == "sarcse":
@@ -174,12 +175,6 @@ def _start(cfg: Config, run_dir: str, device: torch.device, main_process: bool, 
                                   fused=device.type == "cuda")
     fp16 = resolve_precision(device.type, cfg.precision) == "fp16"
     scaler = torch.amp.GradScaler(enabled=fp16)  # loss scaling wherever autocast runs in fp16
-    if main_process:
-        if fresh:
-            clear_outputs(run_dir)
-        files.save_settings(run_dir, cfg, temperature_in_use=settings.temperature_for(cfg),
-                               processes=world_and_rank()[0], data_sha256=identity["data_sha256"])
-        repair_tail(os.path.join(run_dir, "log.jsonl"))  # a run killed mid-record left half a line
     counts = {pid: len(texts) for pid, texts in train.items()}  # pairs index into a paper's summaries
     batches_of = functools.lru_cache(maxsize=1)(functools.partial(epoch_batches, counts, cfg))
     return Run(cfg, run_dir, device, main_process, identity, train, val, val_papers, batches_of, state, model,
@@ -203,6 +198,32 @@ def training_data(cfg: Config) -> tuple[dict[str, list[str]], tuple[list[str], l
     val_ids = sorted(val_ids)
     return train, ([summaries[i][0] for i in val_ids], [summaries[i][1] for i in val_ids])
 
+
+def _check_fits(cfg: Config, model: nn.Module, device: torch.device, validates_papers: bool) -> None:
+    """Refuse now what would otherwise fail at the first batch, after the folder was written: a precision
+    the device cannot run (model.autocast decides), a max length beyond the model's positions."""
+    autocast(device, cfg.precision)
+    check_max_length(model, cfg.max_length, "max_length")
+    if validates_papers and cfg.benchmark_max_length:
+        check_max_length(model, cfg.benchmark_max_length, "benchmark_max_length")
+
+
+def _claim_folder(run: Run) -> None:
+    """What a start writes, once every check passed: a fresh run removes an earlier run's outputs (after
+    --overwrite) and keeps the untrained model as best/; settings.json; the log (a resumed run drops
+    the records after its checkpoint, which it writes again)."""
+    if not run.main_process:
+        return
+    log = os.path.join(run.run_dir, "log.jsonl")
+    if run.state is None:
+        clear_outputs(run.run_dir)
+    files.save_settings(run.run_dir, run.cfg, temperature_in_use=settings.temperature_for(run.cfg),
+                        processes=world_and_rank()[0], data_sha256=run.identity["data_sha256"])
+    repair_tail(log)  # a run killed mid-record left half a line
+    trim_log(log, run.progress["step"])
+    if run.state is None:
+        save_checkpoint(run.model, run.best_dir)
+        _log(run, {"step": 0, **_logged(run.progress["initial_scores"]), "of": len(run.val_texts[0])})
 
 
 def _train_loop(run: Run, total_steps: int) -> None:
@@ -309,11 +330,9 @@ def validate(model: nn.Module, tokenizer: Any, val_queries: list[str], val_targe
 
 def save_checkpoint(model: nn.Module, folder: str, training_state: dict | None = None) -> None:
     """Save the model (with last/'s training state) into `folder`, swapped in whole. On a full disk the
-    half-written copy is removed and the run stops naming the folder; the previous save is kept."""
-    try:
-        save_model(model, folder, training_state=training_state)  # with its own pooling, metric, max_seq_length
-    except OSError as e:  # save_model has removed its half-written folder.tmp
-        raise TrainingError(f"{folder}: cannot save the model ({e.strerror or e}); its previous save is kept") from e
+    half-written copy is removed and the run stops naming the folder and the free space (model.save_model);
+    the previous save is kept."""
+    save_model(model, folder, training_state=training_state)  # with its own pooling, metric, max_seq_length
 
 
 def load_checkpoint(last_dir: str, identity: dict[str, Any]) -> dict[str, Any]:
@@ -329,14 +348,19 @@ def load_checkpoint(last_dir: str, identity: dict[str, Any]) -> dict[str, Any]:
 
 
 def _validation_corpus(cfg: Config) -> list[dict]:
-    """validation_corpus_file's papers ([] when off); never the benchmark corpus, which would leak it."""
+    """validation_corpus_file's papers ([] when off): at least two, and none of the benchmark's (compared by
+    content: a copy or a link of the benchmark file would select best/ on the papers it scores)."""
     path = cfg.validation_corpus_file
     if not path:
         return []
-    if os.path.abspath(path) == os.path.abspath(cfg.benchmark_corpus_file):
-        raise SettingsError(f"setting 'validation_corpus_file' is the benchmark corpus ({path}): validate on "
-                            f"held-out training-pool papers, never on what the benchmark scores")
-    return load_corpus(path)
+    papers = at_least_two(load_corpus(path), path, "the Title-Abstract validation (setting 'validation_corpus_file')")
+    bench = cfg.benchmark_corpus_file
+    shared = papers_in_common(papers, bench) if os.path.isfile(bench) else []
+    if shared:
+        raise SettingsError(f"setting 'validation_corpus_file': {len(shared)} of its {len(papers)} papers are in the "
+                            f"benchmark corpus {bench} (e.g. {shared[0]!r}): validate on held-out training-pool "
+                            f"papers, never on what the benchmark scores")
+    return papers
 
 
 def _selected_by(cfg: Config) -> str:

@@ -85,7 +85,7 @@ def test_the_benchmark_uses_overrides_given_as_arguments(tmp_path, tiny_model_di
 
     model, tok = M.load_model(tiny_model_dir, "cpu")
     result = evaluate_model_semantics(model, tok, corpus_file=papers_file(tmp_path / "corpus.jsonl"),
-                                      queries_file=str(tmp_path / "none.jsonl"), output_dir=str(tmp_path / "out"),
+                                      queries_file="", output_dir=str(tmp_path / "out"),
                                       embedding_cache_dir="", score_memory_mb=2, precision="fp32", knn_k=3)
     assert set(memory_bounds) == {2}
     assert result["tasks"]["clustering"]["k"] == 3

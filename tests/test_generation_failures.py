@@ -165,3 +165,40 @@ def test_a_second_run_on_the_same_file_is_refused_and_cuts_nothing(server, tmp_p
         with pytest.raises(llm.GenerationError, match="queries.jsonl is being written by another run"):
             gq.generate_queries(cfg)
         assert open(cfg.queries_file, "rb").read() == before
+
+
+@pytest.mark.parametrize("script", ["generate_train_summaries.py", "generate_search_queries.py"])
+def test_a_negative_limit_or_a_huge_concurrency_is_one_line(tmp_path, script):
+    corpus = make_corpus(tmp_path, n=2)
+    out = [f"--generation_corpus_file={corpus}", f"--query_corpus_file={corpus}",
+           f"--generated_summaries_file={tmp_path / 's.jsonl'}", f"--queries_file={tmp_path / 'q.jsonl'}"]
+    res = run_script(script, ["--limit=-1", *out])
+    assert (res.returncode, res.stderr) == (2, "error: option '--limit' must be >= 0 (0 = every paper), got -1\n")
+    res = run_script(script, ["--llm_concurrency=100000", *out])
+    assert (res.returncode, res.stderr) == (2, "error: setting 'llm_concurrency' must be between 1 and 256, got "
+                                               "100000\n")
+    assert sorted(os.listdir(tmp_path)) == ["corpus.jsonl"]  # nothing written
+
+
+def test_never_more_workers_than_papers_to_do(server, tmp_path, monkeypatch):
+    started = []
+    real = llm.DaemonPool
+
+    def counted(workers):
+        started.append(workers)
+        return real(workers)
+
+    monkeypatch.setattr(llm, "DaemonPool", counted)
+    cfg = cfg_for(server, tmp_path, make_corpus(tmp_path, n=3), llm_concurrency=256)
+    assert gq.generate_queries(cfg)["done"] == 3 and started == [3]
+    cfg = cfg_for(server, tmp_path, make_corpus(tmp_path, n=5), llm_concurrency=256)
+    assert gq.generate_queries(cfg)["done"] == 2 and started == [3, 2]  # 3 of the 5 were done before
+
+
+def test_quality_refuses_what_is_not_a_summaries_file(tmp_path):
+    corpus = make_corpus(tmp_path, n=2)
+    text = write_jsonl(tmp_path / "text.jsonl", [{"id": "p0", "summaries": "abc"}])
+    res = run_script("generate_train_summaries.py", [f"--quality={text}", f"--generation_corpus_file={corpus}"])
+    assert (res.returncode, res.stderr) == (2, f"error: {text}:1: field 'summaries' must be list, got str\n")
+    res = run_script("generate_train_summaries.py", [f"--quality={corpus}", f"--generation_corpus_file={corpus}"])
+    assert (res.returncode, res.stderr) == (2, f"error: {corpus}:1: missing field 'summaries'\n")

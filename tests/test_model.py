@@ -248,3 +248,111 @@ def test_a_sentence_transformers_folder_with_a_damaged_module_is_refused(tmp_pat
         f.write("{damaged")
     with pytest.raises(M.ModelError, match="modules.json is damaged"):
         M.load_model(path, "cpu")
+
+
+@pytest.mark.parametrize("name, content, words", [
+    ("tokenizer.json", "{not json", "tokenizer.json: is not valid JSON (damaged model folder?)"),
+    ("tokenizer_config.json", "{not json", "tokenizer_config.json: is not valid JSON (damaged model folder?)"),
+    ("tokenizer_config.json", "[1]", "tokenizer_config.json: is damaged (expected a JSON object)"),
+    ("tokenizer.json", '{"a": 1}', "cannot load its tokenizer (ValueError: "),
+])
+def test_a_plain_encoder_with_a_damaged_tokenizer_file_is_one_line(tmp_path, tiny_model_dir, capsys, name, content,
+                                                                    words):
+    import shutil
+
+    import benchmark_harness as H
+
+    path = shutil.copytree(tiny_model_dir, tmp_path / "damaged")
+    (path / name).write_text(content)
+    with pytest.raises(M.ModelError) as e:
+        M.load_model(str(path), "cpu")
+    assert str(e.value).startswith(str(path)) and words in str(e.value) and "\n" not in str(e.value)
+    from conftest import write_jsonl
+
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": f"p{i}", "title": f"T{i}", "abstract": "A. B."} for i in range(3)])
+    with pytest.raises(SystemExit) as done:
+        H.main([f"--model={path}", f"--output_dir={tmp_path / 'out'}", "--queries_file=", f"--corpus={corpus}"])
+    assert done.value.code == 2 and capsys.readouterr().err.startswith(f"error: {path}")
+
+
+def test_a_model_whose_similarity_training_does_not_support_is_named(tmp_path, tiny_model_dir, summaries_file):
+    from train_embedding_model import train_embedding_model
+
+    model, _ = M.load_model(tiny_model_dir, "cpu", metric="dot")
+    dot = M.save_model(model, str(tmp_path / "dot"))
+    with pytest.raises(M.ModelError, match=rf"^{dot}: its similarity is 'dot' \(similarity_fn_name\); training and "
+                                           rf"its validation support cosine and euclidean: choose one with --metric$"):
+        train_embedding_model(output_dir=str(tmp_path), encoder_checkpoint=dot, train_summaries_file=summaries_file,
+                              batch_size=8, validation_size=10, max_steps=2, eval_every=2, device="cpu")
+    assert not (tmp_path / "SemCSE").exists()
+    best = train_embedding_model(output_dir=str(tmp_path), encoder_checkpoint=dot, train_summaries_file=summaries_file,
+                                 batch_size=8, validation_size=10, max_steps=2, eval_every=2, device="cpu",
+                                 metric="cosine", precision="fp32")
+    assert M.load_model(best, "cpu")[0].similarity_fn_name == "cosine"
+
+
+def test_a_full_disk_named_by_torch_or_safetensors_is_one_line_with_the_free_space(tmp_path, tiny_model_dir,
+                                                                                      monkeypatch):
+    import collections
+    import shutil
+
+    import torch
+    from safetensors import SafetensorError
+
+    model, _ = M.load_model(tiny_model_dir, "cpu")
+    folder = M.save_model(model, str(tmp_path / "last"))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**30, 2**30 - 2**19, 2**19))  # 0.5 MB free
+
+    def torch_full(*args, **kwargs):  # what torch.save raises on a full disk: nothing that names it
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+
+    def safetensors_full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    for patch, why in ((lambda m: m.setattr(torch, "save", torch_full), "out of disk space"),
+                       (lambda m: m.setattr("transformers.modeling_utils.safe_save_file", safetensors_full),
+                        "No space left on device")):
+        with monkeypatch.context() as m:
+            patch(m)
+            with pytest.raises(M.ModelError, match=rf"^{folder}: cannot save the model \({why}; 0.5 MB free on its "
+                                                   rf"disk, the model needs about [\d.]+ MB\); its previous save is "
+                                                   rf"kept$"):
+                M.save_model(model, folder, training_state={"step": 1})
+        assert sorted(p.name for p in tmp_path.iterdir()) == before  # no .tmp left; last/ as it was
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**40, 0, 2**40))
+    with monkeypatch.context() as m, pytest.raises(RuntimeError, match="unexpected pos"):  # room enough: a bug
+        m.setattr(torch, "save", torch_full)
+        M.save_model(model, folder, training_state={"step": 1})
+
+
+def test_a_normal_texts_vectors_are_unchanged_by_the_cut_before_tokenizing(tiny_model_dir, monkeypatch):
+    model, tok = M.load_model(tiny_model_dir, "cpu")
+    long_normal = " ".join(["Graph neural networks learn representations of molecules and proteins."] * 400)
+    texts = TEXTS + [long_normal, "Ünïcödé text — with dashes, “quotes” and numbers 12.5%. " * 50]
+    cut = M.encode(model, tok, texts, precision="fp32")
+    monkeypatch.setattr(M, "CHARS_PER_TOKEN", 10**9)  # no cut: the whole text tokenized, then truncated
+    whole = M.encode(model, tok, texts, precision="fp32")
+    assert np.array_equal(cut, whole)
+    assert len(long_normal) > 4 * 128 * M._longest_token(tok)  # it was cut, and its first 128 tokens kept
+
+
+def test_a_huge_text_is_tokenized_fast_and_in_bounded_memory(tiny_model_dir):
+    """A 20 MB abstract (a line the readers accept) used to take 156 s and 4 GB to tokenize."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    # Peak memory from VmHWM (this process's own; ru_maxrss would carry the forking pytest's peak over exec).
+    code = (f"import re, sys, time; sys.path.insert(0, {ROOT!r}); from model import encode, load_model; "
+            f"m, tok = load_model({tiny_model_dir!r}, 'cpu'); text = 'Graph networks answer questions. ' * 600_000; "
+            f"t = time.time(); v = encode(m, tok, [text, 'short'], precision='fp32'); "
+            f"peak = int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) // 1024; "
+            f"print(time.time() - t, peak, v.shape)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    seconds, megabytes, shape = done.stdout.split(maxsplit=2)
+    assert float(seconds) < 5 and int(megabytes) < 1024 and shape.strip() == "(2, 32)", done.stdout + done.stderr

