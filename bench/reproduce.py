@@ -24,6 +24,7 @@ children side by side (on a GPU; each child gets cpu_count / workers threads, it
 """
 from __future__ import annotations
 
+import glob
 import itertools
 import json
 import multiprocessing
@@ -169,7 +170,7 @@ def run_job(job: Job, flags: dict) -> None:
         else:
             emb = H.ModelEmbedder(job.name, for_scoring(model, cfg.precision), tok, cfg, role="model",
                                   path=job.model or job.name)
-        H.run_benchmark([emb], cfg, path, "", overwrite=False)
+        H.run_benchmark([emb], cfg, path, None, overwrite=False)  # the default queries (a corpus without: skipped)
     if job.train:  # the optimizer state is only for resuming, and the scores are in: keep best/ only
         shutil.rmtree(os.path.join(flags["out"], "runs", job.name, "last"), ignore_errors=True)
 
@@ -181,24 +182,30 @@ def job_config(flags: dict) -> settings.Config:
                              perf_reference="none", patience=0)
 
 
-def done(job: Job, flags: dict) -> bool:
-    """Whether every corpus of the job has its results file with every task it can score."""
-    for name in job.corpora:
-        path = os.path.join(flags["out"], "benchmark", folder(name, flags), job.name + ".json")
+def scored(flags: dict) -> dict[tuple[str, str], set[str]]:
+    """{(results folder, model name): the tasks it has, scored or skipped with a reason} of every results file
+    under out/benchmark/ (files are found by the model named in them, whatever the harness names the file)."""
+    out = {}
+    for path in glob.glob(os.path.join(flags["out"], "benchmark", "*", "*.json")):
         try:
             with open(path, encoding="utf-8") as f:
                 r = json.load(f)
-        except (OSError, ValueError):
-            return False
-        if set(r.get("tasks", {})) | set(r.get("skipped", {})) < set(ALL_TASKS):
-            return False
-    return True
+            out[os.path.basename(os.path.dirname(path)), r["model"]] = set(r.get("tasks", {})) | set(r.get("skipped", {}))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # damaged: the job runs again and rewrites it
+    return out
+
+
+def done(job: Job, flags: dict, have: dict[tuple[str, str], set[str]]) -> bool:
+    """Whether every corpus of the job has its results with every task (scored, or skipped with a reason)."""
+    return all(have.get((folder(name, flags), job.name), set()) >= set(ALL_TASKS) for name in job.corpora)
 
 
 def run_jobs(jobs: list[Job], flags: dict) -> None:
     """Run the jobs not done yet: in this process (--workers=1) or in up to `workers` forked children at
     once, each with its log in out/logs/ (this process never touches CUDA, so each child starts its own)."""
-    todo = [j for j in jobs if not done(j, flags)]
+    have = scored(flags)
+    todo = [j for j in jobs if not done(j, flags, have)]
     print(f"{len(jobs) - len(todo)} of {len(jobs)} jobs done already; {len(todo)} to run", flush=True)
     if flags["workers"] <= 1:
         for job in todo:

@@ -47,12 +47,13 @@ def test_reproduce_runs_every_phase_and_resumes(tiny_reproduction, capsys):
     sweep = json.load(open(tmp_path / "out" / "sweep.json"))
     assert set(sweep["chosen"]) == {"semcse", "cls_euclidean", "cls_cosine"}
     assert sweep["chosen"]["semcse"]["train"]["max_steps"] == 2  # 16 pairs at batch 8: 2 steps
-    bench = tmp_path / "out" / "benchmark" / "arxiv_benchmark_small"
+    results = {(p.parent.name, json.load(open(p))["model"]): json.load(open(p))
+               for p in (tmp_path / "out" / "benchmark").glob("*/*.json")}
     for job in ("minilm", "tfidf", "semcse-s0", "semcse-s1", "paper_cls_euclidean-s1", "simcse_unsup-s0",
                 "sarcse-s1", "scitldr-s0", "aclsum-s1", "qwen-s0", "curve-n20-s1", "curve-2sum-s0"):
-        r = json.load(open(bench / f"{job}.json"))
+        r = results["arxiv_benchmark_small", job]
         assert set(r["tasks"]) == {"title_abstract", "abstract_segments", "query", "clustering"}, job
-    other = json.load(open(tmp_path / "out" / "benchmark" / "sci_abstracts_dev_small" / "semcse-s0.json"))
+    other = results["sci_abstracts_dev_small", "semcse-s0"]
     assert "query" in other["skipped"] and "clustering" in other["tasks"]
     assert not os.path.exists(tmp_path / "out" / "runs" / "semcse-s0" / "last")  # scored: best/ is kept
     assert os.path.exists(tmp_path / "out" / "runs" / "semcse-s0" / "best" / "modules.json")
