@@ -82,7 +82,7 @@ def report(flags: dict) -> str:
     out = flags["out"]
     lines = [f"# SemCSE reproduced: measured tables\n\nWritten by `python bench/reproduce.py` from `{_rel(out)}`; "
              "every trained row is the mean ± standard deviation over its seeds (n in the last column).\n"]
-    lines += sweep_section(out)
+    lines += [provenance(out)] + sweep_section(out)
     tables = {}
     from bench.reproduce import folder
 
@@ -101,6 +101,20 @@ def report(flags: dict) -> str:
         f.write(text)
     print(text)
     return text
+
+
+def provenance(out: str) -> str:
+    """Where and with what the scores were made, read from a results file."""
+    paths = sorted(glob.glob(os.path.join(out, "benchmark", "*", "*.json")))
+    if not paths:
+        return ""
+    with open(paths[0], encoding="utf-8") as f:
+        r = json.load(f)
+    v, cfg = r.get("versions", {}), r.get("settings", {})
+    return (f"Scored on device `{cfg.get('device')}` at precision `{cfg.get('precision')}` with "
+            + ", ".join(f"{k} {x}" for k, x in v.items()) + ". A seed sets the 50 papers held out of the "
+            "training summaries, the batch order and the dropout masks; each run keeps the checkpoint with the "
+            "best validation Title-Abstract rank (`best/`), as `python main.py` does.\n")
 
 
 def sweep_section(out: str) -> list[str]:
@@ -196,36 +210,40 @@ def curve_points(rows: dict) -> list[tuple[int, str]]:
 
 
 def curve_figure(tables: dict, path: str) -> bool:
-    rows = tables.get("arxiv_benchmark", {})
-    points = curve_points(rows)
-    if len(points) < 2:
+    """One row per corpus, one panel per task: SemCSE (mean ± std over seeds) against the training papers,
+    MiniLM as shipped as a dotted line, and 2 summaries a paper (all papers, equal steps) as a cross."""
+    corpora = [c for c in CORPUS_TITLES if len(curve_points(tables.get(c, {}))) >= 2]
+    if not corpora:
         return False
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
-    for ax, task in zip(axes, TASKS):
-        for corpus, style in (("arxiv_benchmark", "-o"), ("sci_abstracts_dev", "--s")):
-            rs = tables.get(corpus, {})
-            pts = [(n, r) for n, r in points if r in rs and task in rs[r]]
+    fig, axes = plt.subplots(len(corpora), 4, figsize=(16, 3.2 * len(corpora)), squeeze=False)
+    for row, corpus in zip(axes, corpora):
+        rs = tables[corpus]
+        for ax, task in zip(row, TASKS):
+            pts = [(n, r) for n, r in curve_points(rs) if task in rs[r]]
             if not pts:
+                ax.axis("off")
                 continue
             ms = np.array([mean_std(rs[r][task]) for _, r in pts])
-            line = ax.errorbar([n for n, _ in pts], ms[:, 0], yerr=ms[:, 1], fmt=style, capsize=3,
-                               label=f"SemCSE, {corpus}")
-            if "minilm" in rs and task in rs["minilm"]:
-                ax.axhline(rs["minilm"][task][0], color=line[0].get_color(), ls=":", lw=1,
-                           label=f"MiniLM as shipped, {corpus}")
+            ax.errorbar([n for n, _ in pts], ms[:, 0], yerr=ms[:, 1], fmt="-o", capsize=3, label="SemCSE, 4 summaries")
             if "curve-2sum" in rs and task in rs["curve-2sum"]:
                 m, s = mean_std(rs["curve-2sum"][task])
-                ax.errorbar([FULL * 1.08], [m], yerr=[s], fmt="x", color=line[0].get_color(), capsize=3,
-                            label=f"2 summaries a paper, {corpus}")
-        ax.set(xscale="log", xlabel="training papers", title=COLUMNS[task] + (" (higher is better)" if task ==
-                                                                             "clustering" else " mean rank"))
-    axes[0].legend(fontsize=7)
+                ax.errorbar([FULL], [m], yerr=[s], fmt="x", color="C3", capsize=3, ms=9, label="SemCSE, 2 summaries")
+            if "minilm" in rs and task in rs["minilm"]:
+                ax.axhline(rs["minilm"][task][0], color="grey", ls=":", label="MiniLM as shipped")
+            ax.set_xscale("log")
+            ax.set_xticks([n for n, _ in pts], [f"{n:,}" for n, _ in pts], fontsize=7)
+            ax.minorticks_off()
+            ax.set_title(f"{corpus}: {COLUMNS[task]}" + (" (higher is better)" if task == "clustering" else
+                                                          " mean rank"), fontsize=9)
+    axes[0][0].legend(fontsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("training papers")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
 
