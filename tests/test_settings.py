@@ -219,10 +219,10 @@ def run_with_edited_settings(tmp_path, old: str, new: str, argv: list[str]):
 
 
 @pytest.mark.parametrize("old, new, message", [
-    ("batch_size = 32 ", 'batch_size = "32" ', "error: settings.py: setting 'batch_size' must be int, got str '32'"),
+    ("batch_size = 64 ", 'batch_size = "32" ', "error: settings.py: setting 'batch_size' must be int, got str '32'"),
     ('device = "auto" ', "device = None ", "error: settings.py: setting 'device' must be str, got NoneType None"),
-    ("max_steps = 0 ", "max_steps = 2.5 ", "error: settings.py: setting 'max_steps' must be int, got float 2.5"),
-    ("batch_size = 32 ", "batch_sise = 32 ", "error: settings.py: 'batch_sise' is not a setting (did you mean "
+    ("max_steps = 50 ", "max_steps = 2.5 ", "error: settings.py: setting 'max_steps' must be int, got float 2.5"),
+    ("batch_size = 64 ", "batch_sise = 64 ", "error: settings.py: 'batch_sise' is not a setting (did you mean "
                                              "'batch_size'?); a new one is declared in _TYPES"),
 ])
 def test_a_wrong_type_or_name_edited_into_settings_py_is_one_line(tmp_path, old, new, message):
