@@ -14,7 +14,7 @@ import re
 
 import settings
 from settings import Config
-from llm import InvalidOutput, Prompt, clean_text, command_line, generate
+from semcse.llm import InvalidOutput, Prompt, clean_text, command_line, generate
 
 
 def generate_queries(cfg: Config | None = None, limit: int = 0, dry_run: bool = False) -> dict:

@@ -31,7 +31,7 @@ import sys
 
 import settings
 from settings import Config
-from llm import InvalidOutput, Prompt, clean_text, command_line, generate
+from semcse.llm import InvalidOutput, Prompt, clean_text, command_line, generate
 from load_data import iter_corpus, iter_summaries, split_sentences
 
 MIN_WORDS, MAX_WORDS = 8, 60  # one or two sentences: shorter is a fragment, longer a second abstract

@@ -25,8 +25,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from itertools import combinations
 from typing import IO, Any
 
-import cli
-import files
+from semcse import cli
+from semcse import files
 import settings
 
 

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from load_data import DataError, iter_jsonl, load_corpus, split_halves  # noqa: F401 -- load_corpus: harness API
-from model import partner_ranks, similarity_blocks
+from semcse.model import partner_ranks, similarity_blocks
 from settings import Config
 
 TASKS = ("title_abstract", "abstract_segments", "query", "clustering")
@@ -61,9 +61,9 @@ def evaluate_model_semantics(model, tokenizer, output_processing: str = "last_hi
     pooling and similarity, so the table reads base -> trained and Perf. has its zero point.
     cfg (default: the settings) plus `overrides`: the run's configuration (score_memory_mb, device, ...).
     """
-    import benchmark_harness as H
+    from semcse import benchmark as H
     import settings
-    from model import ModelError, short_name
+    from semcse.model import ModelError, short_name
 
     if output_processing != "last_hidden":
         raise ValueError(f"output_processing must be 'last_hidden', got '{output_processing}'")
@@ -238,6 +238,6 @@ def perf_scores(results: dict[str, dict], reference: str) -> dict[str, tuple[flo
 
 
 if __name__ == "__main__":
-    import benchmark_harness
+    from semcse import benchmark as benchmark_harness
 
     benchmark_harness.main()

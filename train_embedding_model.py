@@ -39,20 +39,20 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-import cli
-import files
+from semcse import cli
+from semcse import files
 import settings
 from settings import Config, SettingsError
-from contrastive import (contrastive_loss, contrastive_step, rng_state, set_rng_state,  # noqa: F401 -- re-exported
-                         training_pairs)
-from distributed import join_processes, world_and_rank
+from semcse.contrastive import (contrastive_loss, contrastive_step, rng_state, set_rng_state,  # noqa: F401 -- re-exported
+                                training_pairs)
+from semcse.distributed import join_processes, world_and_rank
 from load_data import (append_jsonl, at_least_two, batches_without_duplicates, load_corpus, load_summaries,
                        papers_in_common, repair_tail, split_validation)
-from model import (autocast, check_max_length, default_max_length, encode, load_model, partner_ranks,
-                   resolve_device, resolve_model_settings, resolve_precision, save_model, transformer_of)
-from run_folder import (TrainingError, check_same_run, clear_outputs, locked, run_identity, start_afresh,
-                        trim_log)
-from sarcse import ReconstructionHead, token_weights
+from semcse.model import (autocast, check_max_length, default_max_length, encode, load_model, partner_ranks,
+                          resolve_device, resolve_model_settings, resolve_precision, save_model, transformer_of)
+from semcse.run_folder import (TrainingError, check_same_run, clear_outputs, locked, run_identity, start_afresh,
+                               trim_log)
+from semcse.sarcse import ReconstructionHead, token_weights
 from semantic_benchmark import task_title_abstract
 
 

@@ -16,7 +16,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import cli  # noqa: E402
+from semcse import cli  # noqa: E402
 import settings  # noqa: E402
 from common import run_in_child  # noqa: E402
 
@@ -42,7 +42,7 @@ class Projected:
 def one_size(n: int, cfg: dict, queue) -> None:
     import tempfile
 
-    import benchmark_harness as B
+    from semcse import benchmark as B
     from load_data import ensure_default_data, load_corpus
 
     settings.update(**cfg)

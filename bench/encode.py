@@ -20,7 +20,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import cli  # noqa: E402
+from semcse import cli  # noqa: E402
 import settings  # noqa: E402
 from common import run_in_child  # noqa: E402
 
@@ -43,7 +43,7 @@ def run_side(side: str, cfg: dict, repeats: int, n: int, queue) -> None:
     settings.update(**cfg)
     data, path, max_length = texts(n), settings.encoder_checkpoint, settings.benchmark_max_length or None
     if side.startswith("ours"):
-        from model import encode, for_scoring, load_model
+        from semcse.model import encode, for_scoring, load_model
 
         model, tok = load_model(path, settings.device)
         model = for_scoring(model, settings.precision) if side == "ours_scoring" else model
@@ -52,7 +52,7 @@ def run_side(side: str, cfg: dict, repeats: int, n: int, queue) -> None:
     else:
         from sentence_transformers import SentenceTransformer
 
-        from model import resolve_device
+        from semcse.model import resolve_device
 
         kwargs = {"model_kwargs": {"dtype": torch.bfloat16}} if side == "st_bf16" else {}
         st = SentenceTransformer(path, device=str(resolve_device(settings.device)), **kwargs)

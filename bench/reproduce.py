@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
-import cli  # noqa: E402
+from semcse import cli  # noqa: E402
 import settings  # noqa: E402
 
 FLAGS = {"phase": "all", "workers": 1, "out": "output/reproduce", "shared": os.path.join("..", "shared", "data"),
@@ -150,9 +150,9 @@ def qwen_summaries(flags: dict) -> str:
 
 
 def run_job(job: Job, flags: dict) -> None:
-    import benchmark_harness as H
+    from semcse import benchmark as H
     from load_data import load_corpus
-    from model import for_scoring, load_model
+    from semcse.model import for_scoring, load_model
     from train_embedding_model import train_embedding_model
 
     cfg = job_config(flags)

@@ -19,7 +19,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import cli  # noqa: E402
+from semcse import cli  # noqa: E402
 import settings  # noqa: E402
 from common import run_in_child  # noqa: E402
 
@@ -48,7 +48,7 @@ def ours(cfg: dict, steps: int, queue) -> None:
     from transformers import get_linear_schedule_with_warmup
 
     from load_data import batches_without_duplicates
-    from model import load_model, resolve_device
+    from semcse.model import load_model, resolve_device
     from train_embedding_model import contrastive_step
 
     settings.update(**cfg)
@@ -86,7 +86,7 @@ def theirs(cfg: dict, steps: int, queue) -> None:
 
     from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
 
-    from model import resolve_device, resolve_precision
+    from semcse.model import resolve_device, resolve_precision
 
     settings.update(**cfg)
     device = resolve_device(settings.device)
@@ -123,7 +123,7 @@ def theirs(cfg: dict, steps: int, queue) -> None:
 if __name__ == "__main__":
     import torch
 
-    from model import resolve_device, resolve_precision
+    from semcse.model import resolve_device, resolve_precision
 
     flags = cli.parse_command_line(flags={"steps": 20})
     precision = resolve_precision(resolve_device(settings.device).type, settings.precision)

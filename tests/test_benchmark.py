@@ -7,12 +7,12 @@ import os
 import numpy as np
 import pytest
 
-import benchmark_harness as H
+from semcse import benchmark as H
 import load_data as L
 import semantic_benchmark as sb
 import settings
 from conftest import write_jsonl
-from model import partner_ranks
+from semcse.model import partner_ranks
 
 
 def cfg_for(tmp_path, **overrides) -> dict:
@@ -200,7 +200,7 @@ def test_resume_keeps_scored_tasks_and_overwrite_redoes_them(tmp_path):
 def test_embeddings_equal_sentence_transformers(tmp_path, tiny_model_dir, pooling):
     from sentence_transformers import SentenceTransformer
 
-    from model import load_model, save_model
+    from semcse.model import load_model, save_model
 
     m, _ = load_model(tiny_model_dir, "cpu", pooling=pooling)
     saved = save_model(m, str(tmp_path / "st"))
@@ -224,7 +224,7 @@ def test_a_dense_and_normalize_folder_embeds_as_sentence_transformers(tmp_path):
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Dense, Normalize
 
-    from model import encode, load_model
+    from semcse.model import encode, load_model
 
     shipped = SentenceTransformer(settings.packaged_minilm(), device="cpu")
     torch.manual_seed(0)
@@ -244,7 +244,7 @@ def test_title_abstract_equals_sentence_transformers_information_retrieval_evalu
     from conftest import SHARED_DATA
     from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
-    from model import load_model
+    from semcse.model import load_model
 
     corpus = sb.load_corpus(SHARED_DATA)[:80] if os.path.exists(SHARED_DATA) else \
         sb.load_corpus(small_corpus(tmp_path, n=40))
@@ -260,7 +260,7 @@ def test_title_abstract_equals_sentence_transformers_information_retrieval_evalu
 
 
 def test_the_cache_never_keeps_a_bad_encode_and_overwrite_encodes_again(tmp_path, tiny_model_dir, monkeypatch):
-    from model import load_model
+    from semcse.model import load_model
 
     m, tok = load_model(tiny_model_dir, "cpu")
     cfg = cfg_for(tmp_path, precision="fp32", device="cpu")
@@ -300,7 +300,7 @@ def test_a_damaged_or_non_object_results_file_is_named_and_scored_again(tmp_path
 
 
 def test_evaluate_model_semantics_entry_point(tmp_path, tiny_model_dir, monkeypatch, capsys):
-    from model import load_model
+    from semcse.model import load_model
 
     corpus = small_corpus(tmp_path)
     monkeypatch.setattr(settings, "output_dir", str(tmp_path / "out"))
@@ -369,7 +369,7 @@ def test_one_sentence_abstracts_are_left_out_of_segments_and_counted(tmp_path):
 def test_baselines_score_the_base_encoder_like_the_trained_model(tmp_path, tiny_model_dir):
     """--baselines: the untrained base takes the trained model's pooling and similarity (Perf.'s zero is
     a like-for-like comparison); MiniLM is scored as shipped; an explicit --pooling reaches plain encoders only."""
-    from model import load_model, save_model
+    from semcse.model import load_model, save_model
 
     m, _ = load_model(tiny_model_dir, "cpu", pooling="mean", metric="cosine")
     save_model(m, str(tmp_path / "out" / "SemCSE" / "best"))

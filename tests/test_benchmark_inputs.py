@@ -7,12 +7,12 @@ import os
 
 import pytest
 
-import benchmark_harness as H
+from semcse import benchmark as H
 import semantic_benchmark as sb
 import settings
 from conftest import write_jsonl
 from load_data import iter_corpus
-from model import load_model, save_model
+from semcse.model import load_model, save_model
 from test_benchmark import cfg_for, lexical_run, small_corpus
 
 

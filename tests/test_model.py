@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModel
 
-import model as M
+from semcse import model as M
 import settings
 
 TEXTS = ["Graph neural networks for parsing.", "A short one.",
@@ -260,7 +260,7 @@ def test_a_plain_encoder_with_a_damaged_tokenizer_file_is_one_line(tmp_path, tin
                                                                     words):
     import shutil
 
-    import benchmark_harness as H
+    from semcse import benchmark as H
 
     path = shutil.copytree(tiny_model_dir, tmp_path / "damaged")
     (path / name).write_text(content)
@@ -347,7 +347,7 @@ def test_a_huge_text_is_tokenized_fast_and_in_bounded_memory(tiny_model_dir):
     from conftest import ROOT
 
     # Peak memory from VmHWM (this process's own; ru_maxrss would carry the forking pytest's peak over exec).
-    code = (f"import re, sys, time; sys.path.insert(0, {ROOT!r}); from model import encode, load_model; "
+    code = (f"import re, sys, time; sys.path.insert(0, {ROOT!r}); from semcse.model import encode, load_model; "
             f"m, tok = load_model({tiny_model_dir!r}, 'cpu'); text = 'Graph networks answer questions. ' * 600_000; "
             f"t = time.time(); v = encode(m, tok, [text, 'short'], precision='fp32'); "
             f"peak = int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) // 1024; "

@@ -7,7 +7,7 @@ import torch
 import torch.multiprocessing as mp
 
 import settings
-from model import embed, load_model
+from semcse.model import embed, load_model
 from train_embedding_model import contrastive_loss, contrastive_step
 
 BATCH = [(f"p{i}", f"summary a of paper {i} about topic {'xyz'[i % 3]}", f"another text b {i} " * (1 + i % 4))

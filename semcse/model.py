@@ -28,13 +28,13 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-import files
+from semcse import files
 import settings
 from settings import Config, SettingsError
-from model_folders import (ModelError, check_tokenizer, check_tokenizer_files, disk_problem, find_model,  # noqa: F401
-                           is_sentence_transformers_folder, load_encoder, load_modules, module_list,
-                           plain_transformer, position_limit, reusing, saved_scoring)
-from similarity import METRICS, block_rows, partner_ranks, similarity, similarity_blocks  # noqa: F401 -- re-exported
+from semcse.model_folders import (ModelError, check_tokenizer, check_tokenizer_files, disk_problem, find_model,  # noqa: F401
+                                  is_sentence_transformers_folder, load_encoder, load_modules, module_list,
+                                  plain_transformer, position_limit, reusing, saved_scoring)
+from semcse.similarity import METRICS, block_rows, partner_ranks, similarity, similarity_blocks  # noqa: F401 -- re-exported
 
 hf_logging.disable_progress_bar()
 hf_logging.set_verbosity_error()

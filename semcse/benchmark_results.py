@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-import files
-from model import short_name
+from semcse import files
+from semcse.model import short_name
 from semantic_benchmark import COLUMNS, TASKS
 
 RANK_TASKS = ("title_abstract", "abstract_segments", "query")

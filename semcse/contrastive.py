@@ -10,10 +10,10 @@ import torch.nn.functional as F
 
 import settings
 from settings import Config, SettingsError
-from distributed import gather_pairs, shard, sum_gradients, world_and_rank
+from semcse.distributed import gather_pairs, shard, sum_gradients, world_and_rank
 from load_data import make_pairs
-from model import autocast, embed, resolve_model_settings, similarity, tokenize, transformer_of
-from sarcse import ReconstructionHead
+from semcse.model import autocast, embed, resolve_model_settings, similarity, tokenize, transformer_of
+from semcse.sarcse import ReconstructionHead
 
 
 def contrastive_step(model: torch.nn.Module, tokenizer, batch: list[tuple[str, str, str]], cfg: Config,

@@ -22,7 +22,7 @@ import json
 from collections.abc import Iterator
 from typing import IO, Any
 
-import files
+from semcse import files
 import settings
 from settings import Config
 

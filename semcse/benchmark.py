@@ -22,15 +22,15 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-import cli
-import files
+from semcse import cli
+from semcse import files
 import settings
 from settings import Config
-from benchmark_results import (Skipped, describe_scoring, display_names, draw_map, map_problem,  # noqa: F401
-                               model_identity, read_results, results_path, results_table)
+from semcse.benchmark_results import (Skipped, describe_scoring, display_names, draw_map, map_problem,  # noqa: F401
+                                      model_identity, read_results, results_path, results_table)
 from load_data import DataError, at_least_two, ensure_default_data, load_corpus
-from model import (ModelError, check_max_length, default_max_length, encode, find_model, for_scoring, load_model,
-                   saved_scoring, scoring_of, set_pooling)
+from semcse.model import (ModelError, check_max_length, default_max_length, encode, find_model, for_scoring, load_model,
+                          saved_scoring, scoring_of, set_pooling)
 from semantic_benchmark import (TASKS, load_queries, paper_text, perf_scores, task_abstract_segments,
                                 task_clustering, task_query, task_sts_b, task_title_abstract)
 

@@ -17,7 +17,7 @@ import sys
 from datetime import datetime, timezone
 from typing import Any
 
-import files
+from semcse import files
 import settings
 from settings import Config
 from load_data import DataError, iter_records, keep_lines

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import openai
 
-import cli
+from semcse import cli
 import settings
 from settings import Config, SettingsError
 

@@ -17,7 +17,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Transformer
 from transformers import AutoModel, PreTrainedModel
 
-import files
+from semcse import files
 import settings
 
 # Files that hold a tokenizer's vocabulary; without one, transformers builds a 5-token tokenizer that
