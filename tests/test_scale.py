@@ -54,7 +54,7 @@ def test_grad_cache_replays_dropout_masks(tiny_model_dir):
         enc = tok(texts[i:i + 4], padding=True, truncation=True, max_length=32, return_tensors="pt")
         parts.append(embed(model, enc, "cls").float())  # as contrastive_step does
     emb = torch.cat(parts)
-    ref_loss = contrastive_loss(emb[:7], emb[7:], "euclidean", 1.0)
+    ref_loss = contrastive_loss(emb[:7], emb[7:], "euclidean", settings.temperature_for(c))
     ref_loss.backward()
     assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-5)
     for k, g in grads(model).items():
