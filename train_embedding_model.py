@@ -53,7 +53,7 @@ from semcse.model import (autocast, check_max_length, default_max_length, encode
 from semcse.run_folder import (TrainingError, check_same_run, clear_outputs, locked, run_identity, start_afresh,
                                trim_log)
 from semcse.sarcse import ReconstructionHead, token_weights
-from semantic_benchmark import task_title_abstract
+from semcse.benchmark_tasks import task_title_abstract
 
 
 def train_embedding_model(cfg: Config | None = None, resume: bool = False, overwrite: bool = False,

@@ -288,7 +288,7 @@ def main(phase: str = "all", **flags) -> None:
             run_jobs(table_jobs(flags) if p == "table" else curve_jobs(flags), flags)
         elif p == "report":
             from bench.reproduce_report import report
-            report(flags)
+            report(flags, {corpus: folder(corpus, flags) for corpus in corpora(flags)})
         else:
             raise settings.SettingsError(f"option '--phase' must be all, sweep, table, curve or report, got {p!r}")
         print(f"phase {p} finished at {time.time() - started:.0f} s", flush=True)

@@ -1,5 +1,6 @@
-"""The benchmark's harness: embedders (with an embedding cache), resumable results files, the table,
-the map and the command line. The science (tasks, metrics, Perf.) is in semantic_benchmark.py.
+"""The benchmark's harness: the models of a run (embedders, with an embedding cache), resumable results
+files, and a run from corpus to table and map. The science (tasks, metrics, Perf.) is benchmark_tasks.py,
+the results files, table and map benchmark_results.py; the command line is semantic_benchmark.py.
 
 Outputs in output_dir/benchmark/<corpus name>/ (…-<metric> when --metric forces one): <model>.json
 (rewritten after each task; a rerun keeps tasks already scored with the same weights, scoring, data
@@ -14,7 +15,6 @@ import hashlib
 import json
 import os
 import platform
-import sys
 import time
 from importlib import metadata
 from typing import Iterable, Iterator
@@ -22,17 +22,16 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from semcse import cli
-from semcse import files
 import settings
-from settings import Config
+from load_data import DataError, at_least_two, ensure_default_data, load_corpus
+from semcse import files
 from semcse.benchmark_results import (Skipped, describe_scoring, display_names, draw_map, map_problem,  # noqa: F401
                                       model_identity, read_results, results_path, results_table)
-from load_data import DataError, at_least_two, ensure_default_data, load_corpus
-from semcse.model import (ModelError, check_max_length, default_max_length, encode, find_model, for_scoring, load_model,
-                          saved_scoring, scoring_of, set_pooling)
-from semantic_benchmark import (TASKS, load_queries, paper_text, perf_scores, task_abstract_segments,
-                                task_clustering, task_query, task_sts_b, task_title_abstract)
+from semcse.benchmark_tasks import (TASKS, load_queries, paper_text, perf_scores, task_abstract_segments,
+                                    task_clustering, task_query, task_sts_b, task_title_abstract)
+from semcse.model import (ModelError, check_max_length, default_max_length, encode, find_model, for_scoring,
+                          load_model, saved_scoring, scoring_of, set_pooling)
+from settings import Config
 
 ACLSUM_CORPUS = os.path.join("data", "benchmark_corpus.jsonl")  # built by load_data.ensure_default_data
 
@@ -248,7 +247,7 @@ def _versions() -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Command line
+# The models of a command-line run
 
 
 def cli_embedders(model: str, baselines: bool, corpus_file: str, cfg: Config) -> Iterator:
@@ -321,22 +320,3 @@ def load_for_scoring(path: str, pooling: str, role: str, trained: str, cfg: Conf
         if pooling not in ("auto", "") and m.plain_encoder:
             set_pooling(m, pooling)
     return for_scoring(m, cfg.precision), tok
-
-
-def _main(model: str = "", corpus: str = "", queries: str = "", baselines: bool = False, overwrite: bool = False,
-          sts: bool = False) -> None:
-    if not model and not baselines:
-        raise settings.SettingsError("give --model=PATH_OR_NAME and/or --baselines")
-    cfg = settings.resolved()
-    corpus = corpus or cfg.benchmark_corpus_file
-    run_benchmark(cli_embedders(model, baselines, corpus, cfg), cfg, corpus, queries or None, overwrite, sts)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python semantic_benchmark.py ...`: the command line (see semantic_benchmark.py's docstring)."""
-    cli.cli(_main, flags={"model": "", "corpus": "", "queries": "", "baselines": False, "overwrite": False,
-                               "sts": False}, argv=cli.join_space_values(sys.argv[1:] if argv is None else argv))
-
-
-if __name__ == "__main__":
-    main()

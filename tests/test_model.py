@@ -260,7 +260,7 @@ def test_a_plain_encoder_with_a_damaged_tokenizer_file_is_one_line(tmp_path, tin
                                                                     words):
     import shutil
 
-    from semcse import benchmark as H
+    import semantic_benchmark as sb
 
     path = shutil.copytree(tiny_model_dir, tmp_path / "damaged")
     (path / name).write_text(content)
@@ -271,7 +271,7 @@ def test_a_plain_encoder_with_a_damaged_tokenizer_file_is_one_line(tmp_path, tin
 
     corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": f"p{i}", "title": f"T{i}", "abstract": "A. B."} for i in range(3)])
     with pytest.raises(SystemExit) as done:
-        H.main([f"--model={path}", f"--output_dir={tmp_path / 'out'}", "--queries_file=", f"--corpus={corpus}"])
+        sb.main([f"--model={path}", f"--output_dir={tmp_path / 'out'}", "--queries_file=", f"--corpus={corpus}"])
     assert done.value.code == 2 and capsys.readouterr().err.startswith(f"error: {path}")
 
 

@@ -47,7 +47,7 @@ def test_summaries_merge_by_id_keep_distinct_text_and_drop_papers_below_two(tmp_
 
 def _fuzz_loaders(path: str) -> list:
     from semcse.llm import compact
-    from semantic_benchmark import load_queries
+    from semcse.benchmark_tasks import load_queries
 
     return [L.load_corpus, L.load_summaries, lambda p: load_queries(p, {"a"}),
             lambda p: compact(p, "query", "m", "h"), lambda p: list(L.iter_jsonl(p, allow_truncated_tail=True))]

