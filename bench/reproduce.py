@@ -168,8 +168,8 @@ def run_job(job: Job, flags: dict) -> None:
             emb = H.TfidfEmbedder(load_corpus(path), cfg, name=job.name)
         else:
             emb = H.ModelEmbedder(job.name, for_scoring(model, cfg.precision), tok, cfg, role="model",
-                                  path=job.model or job.name)
-        H.run_benchmark([emb], cfg, path, "", overwrite=False)
+                                  path=scored_path(job))
+        H.run_benchmark([emb], cfg, path, overwrite=False)  # the setting queries_file: its papers get a Query task
     if job.train:  # the optimizer state is only for resuming, and the scores are in: keep best/ only
         shutil.rmtree(os.path.join(flags["out"], "runs", job.name, "last"), ignore_errors=True)
 
@@ -181,10 +181,18 @@ def job_config(flags: dict) -> settings.Config:
                              perf_reference="none", patience=0)
 
 
+def scored_path(job: Job) -> str:
+    """The model path a job is scored under, which names its results file (benchmark_results.results_path:
+    <name>-<hash of the path>.json; TF-IDF has none)."""
+    return "" if job.model == "lexical" else job.model or job.name
+
+
 def done(job: Job, flags: dict) -> bool:
     """Whether every corpus of the job has its results file with every task it can score."""
+    from semcse.benchmark_results import results_path
+
     for name in job.corpora:
-        path = os.path.join(flags["out"], "benchmark", folder(name, flags), job.name + ".json")
+        path = results_path(os.path.join(flags["out"], "benchmark", folder(name, flags)), job.name, scored_path(job))
         try:
             with open(path, encoding="utf-8") as f:
                 r = json.load(f)

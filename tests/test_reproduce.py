@@ -50,9 +50,9 @@ def test_reproduce_runs_every_phase_and_resumes(tiny_reproduction, capsys):
     bench = tmp_path / "out" / "benchmark" / "arxiv_benchmark_small"
     for job in ("minilm", "tfidf", "semcse-s0", "semcse-s1", "paper_cls_euclidean-s1", "simcse_unsup-s0",
                 "sarcse-s1", "scitldr-s0", "aclsum-s1", "qwen-s0", "curve-n20-s1", "curve-2sum-s0"):
-        r = json.load(open(bench / f"{job}.json"))
+        r = json.load(open(next(bench.glob(f"{job}-*.json"), bench / f"{job}.json")))  # <name>-<hash>.json
         assert set(r["tasks"]) == {"title_abstract", "abstract_segments", "query", "clustering"}, job
-    other = json.load(open(tmp_path / "out" / "benchmark" / "sci_abstracts_dev_small" / "semcse-s0.json"))
+    other = json.load(open(next((tmp_path / "out" / "benchmark" / "sci_abstracts_dev_small").glob("semcse-s0-*.json"))))
     assert "query" in other["skipped"] and "clustering" in other["tasks"]
     assert not os.path.exists(tmp_path / "out" / "runs" / "semcse-s0" / "last")  # scored: best/ is kept
     assert os.path.exists(tmp_path / "out" / "runs" / "semcse-s0" / "best" / "modules.json")
