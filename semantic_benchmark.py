@@ -46,9 +46,9 @@ def evaluate_model_semantics(model, tokenizer, output_processing: str = "last_hi
     name = name or f"{short_name(getattr(model, 'name_or_path', 'model'))} (trained)"
     embedders = [ModelEmbedder(name, model, tokenizer, cfg, role="trained")]
     if baseline:
-        m, tok = load_for_scoring(baseline, "auto", "base", getattr(model, "name_or_path", ""), cfg)
+        m, tok, setup = load_for_scoring(baseline, "auto", "base", getattr(model, "name_or_path", ""), cfg)
         embedders.insert(0, ModelEmbedder(f"{short_name(baseline)} (untrained base)", m, tok, cfg, role="base",
-                                          path=baseline))
+                                          path=baseline, setup=setup))
     return run_benchmark(embedders, cfg, corpus_file, queries_file, overwrite)[name]
 
 

@@ -49,6 +49,7 @@ def ours(cfg: dict, steps: int, queue) -> None:
 
     from load_data import batches_without_duplicates
     from semcse.model import load_model, resolve_device
+    from semcse.model_setup import training_setup
     from train_embedding_model import contrastive_step
 
     settings.update(**cfg)
@@ -57,6 +58,7 @@ def ours(cfg: dict, steps: int, queue) -> None:
     data = pairs((steps + WARMUP) * cfg.batch_size * 2)
     batches = [[data[i] for i in b] for b in batches_without_duplicates([p[0] for p in data], cfg.batch_size)]
     model, tok = load_model(cfg.encoder_checkpoint, str(device))
+    setup = training_setup(cfg, model, device)  # pooling, metric, max_length, precision: decided once
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                             fused=device.type == "cuda")
@@ -65,7 +67,7 @@ def ours(cfg: dict, steps: int, queue) -> None:
         if i == WARMUP:
             start = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        contrastive_step(model, tok, batch, cfg, device)
+        contrastive_step(model, tok, batch, cfg, setup)
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         opt.step()
         sched.step()

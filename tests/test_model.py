@@ -6,8 +6,9 @@ import pytest
 import torch
 from transformers import AutoModel
 
-from semcse import model as M
 import settings
+from semcse import model as M
+from semcse.model_setup import resolve_model_settings
 
 TEXTS = ["Graph neural networks for parsing.", "A short one.",
          "We study speech recognition with a much longer sentence that has many more tokens in it."] * 3
@@ -36,7 +37,7 @@ def test_saved_model_reloads_with_equal_embeddings(tmp_path, tiny_model_dir, met
     reloaded, tok2 = M.load_model(path, "cpu")  # pooling and metric come with the folder
     assert (M.pooling_of(reloaded), reloaded.similarity_fn_name) == (pooling, metric)
     np.testing.assert_allclose(M.encode(reloaded, tok2, TEXTS, 4, 32, "fp32"), ours, atol=1e-6)
-    own = M.resolve_model_settings(settings.resolved(pooling="auto", metric="auto"), path)
+    own = resolve_model_settings(settings.resolved(pooling="auto", metric="auto"), path)
     assert {"pooling": own.pooling, "metric": own.metric} == {"pooling": pooling, "metric": metric}
 
 
@@ -49,7 +50,7 @@ def test_auto_means_the_models_own(tiny_model_dir):
     minilm, _ = M.load_model(_packaged_minilm(), "cpu")
     s = M.scoring_of(minilm)
     assert (s["pooling"], s["similarity"], s["normalized"], s["max_length"], s["dim"]) == ("mean", "cosine", True, 256, 384)
-    own = M.resolve_model_settings(settings.resolved(pooling="auto", metric="euclidean"), _packaged_minilm())
+    own = resolve_model_settings(settings.resolved(pooling="auto", metric="euclidean"), _packaged_minilm())
     assert {"pooling": own.pooling, "metric": own.metric} == \
         {"pooling": "mean", "metric": "euclidean"}
 
