@@ -46,9 +46,9 @@ def training_setup(cfg: Config, model: SentenceTransformer, device: torch.device
     if validates_papers and cfg.benchmark_max_length:
         check_max_length(model, cfg.benchmark_max_length, "benchmark_max_length")
     own = resolve_model_settings(cfg, model)
-    return ModelSetup(pooling=own.pooling, metric=own.metric, normalize=is_normalized(model),
-                      max_length=cfg.max_length, scoring_max_length=cfg.benchmark_max_length or default_max_length(model),
-                      precision=precision, device=device)
+    scoring_max_length = cfg.benchmark_max_length or default_max_length(model)
+    return ModelSetup(pooling=own.pooling, metric=own.metric, normalize=is_normalized(model), max_length=cfg.max_length,
+                      scoring_max_length=scoring_max_length, precision=precision, device=device)
 
 
 def scoring_setup(cfg: Config, model: SentenceTransformer) -> ModelSetup:
@@ -59,9 +59,10 @@ def scoring_setup(cfg: Config, model: SentenceTransformer) -> ModelSetup:
     precision = resolve_precision(device.type, cfg.precision)
     if cfg.benchmark_max_length:
         check_max_length(model, cfg.benchmark_max_length, "benchmark_max_length")
-    return ModelSetup(pooling=pooling_of(model), metric=cfg.metric if cfg.metric != "auto" else model.similarity_fn_name,
-                      normalize=is_normalized(model), max_length=cfg.max_length,
-                      scoring_max_length=cfg.benchmark_max_length or default_max_length(model), precision=precision,
+    metric = cfg.metric if cfg.metric != "auto" else model.similarity_fn_name  # forced on every model, or its own
+    scoring_max_length = cfg.benchmark_max_length or default_max_length(model)
+    return ModelSetup(pooling=pooling_of(model), metric=metric, normalize=is_normalized(model),
+                      max_length=cfg.max_length, scoring_max_length=scoring_max_length, precision=precision,
                       device=device)
 
 
