@@ -7,7 +7,7 @@ The corpus is the real ACLSum abstracts repeated to size, each copy made distinc
 neural encoder, the embedder is cheap and deterministic: TF-IDF projected to 384 dimensions by a fixed
 random matrix. Each size runs in its own process (so peak memory is its own). Exact ranks and kNN are
 computed in blocks of rows sized so that a block's temporaries stay under settings.score_memory_mb
-(model.block_rows), not O(n^2). The peer is the naive full-matrix computation, whose size we print
+(similarity.block_rows), not O(n^2). The peer is the naive full-matrix computation, whose size we print
 as the memory it would need.
 """
 import os
