@@ -25,9 +25,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from itertools import combinations
 from typing import IO, Any
 
+import settings
 from semcse import cli
 from semcse import files
-import settings
 
 
 class DataError(settings.UserError, ValueError):
