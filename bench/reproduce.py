@@ -42,6 +42,7 @@ import settings  # noqa: E402
 FLAGS = {"phase": "all", "workers": 1, "out": "output/reproduce", "shared": os.path.join("..", "shared", "data"),
          "mpnet": "", "seeds": 3, "budget_pairs": 3200}
 VALIDATION = "data/arxiv_val.jsonl"
+QUERIES = "data/arxiv_queries.jsonl"  # the in-domain corpus' LLM queries; the other corpora have none
 RANK_TASKS, ALL_TASKS = ("title_abstract", "abstract_segments", "query"), ("title_abstract", "abstract_segments",
                                                                            "query", "clustering")
 # Each family's grid: (learning rate, temperature, batch size); the budget fixes the steps.
@@ -169,7 +170,7 @@ def run_job(job: Job, flags: dict) -> None:
         else:
             emb = H.ModelEmbedder(job.name, for_scoring(model, cfg.precision), tok, cfg, role="model",
                                   path=scored_path(job))
-        H.run_benchmark([emb], cfg, path, overwrite=False)  # the setting queries_file: its papers get a Query task
+        H.run_benchmark([emb], cfg, path, QUERIES, overwrite=False)
     if job.train:  # the optimizer state is only for resuming, and the scores are in: keep best/ only
         shutil.rmtree(os.path.join(flags["out"], "runs", job.name, "last"), ignore_errors=True)
 
