@@ -13,8 +13,8 @@ from __future__ import annotations
 import re
 
 import settings
+from semcse.llm import InvalidOutput, Prompt, clean_text, command_line, generate
 from settings import Config
-from llm import InvalidOutput, Prompt, clean_text, command_line, generate
 
 
 def generate_queries(cfg: Config | None = None, limit: int = 0, dry_run: bool = False) -> dict:

@@ -30,9 +30,9 @@ import re
 import sys
 
 import settings
-from settings import Config
-from llm import InvalidOutput, Prompt, clean_text, command_line, generate
 from load_data import iter_corpus, iter_summaries, split_sentences
+from semcse.llm import InvalidOutput, Prompt, clean_text, command_line, generate
+from settings import Config
 
 MIN_WORDS, MAX_WORDS = 8, 60  # one or two sentences: shorter is a fragment, longer a second abstract
 MAX_SENTENCES = 2

@@ -4,7 +4,7 @@ embedded default corpus.
 Formats (JSON Lines, UTF-8, one object a line, in `data/`):
 - corpus file:    {"id": str, "title": str, "abstract": str, "label": str (optional), ...}
 - summaries file: {"id": str, "summaries": [str, ...], ...provenance (model, prompt, source)}
-- queries file:   {"id": str, "query": str, ...provenance}   (read by semantic_benchmark.py)
+- queries file:   {"id": str, "query": str, ...provenance}   (read by the benchmark, semcse/benchmark_tasks.py)
 
 Files are read as streams, one line at a time (a line over MAX_LINE_BYTES is refused): memory holds
 what a caller keeps, not the file. Whole files are written through files.atomic_write (temporary
@@ -25,9 +25,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from itertools import combinations
 from typing import IO, Any
 
-import cli
-import files
 import settings
+from semcse import cli
+from semcse import files
 
 
 class DataError(settings.UserError, ValueError):

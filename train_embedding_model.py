@@ -18,7 +18,9 @@ Other objectives (setting `objective`), on the same data and loss, for compariso
   loss from a training-time head (sarcse.ReconstructionHead); the saved model has no head.
 
 Reading order: train_embedding_model (the run), the loop, validation and checkpoints; one contrastive
-step (process sharding, GradCache), the loss and the pairs are in contrastive.py.
+step (process sharding, GradCache), the loss and the pairs are in semcse/contrastive.py. The model settings
+(pooling, metric, lengths, precision, device) are decided once, at the start, as the run's ModelSetup
+(semcse/model_setup.py), which every step, validation and checkpoint receives.
 
     python train_embedding_model.py [--resume | --overwrite] [--key=value ...]
 """
@@ -39,21 +41,20 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-import cli
-import files
 import settings
-from settings import Config, SettingsError
-from contrastive import (contrastive_loss, contrastive_step, rng_state, set_rng_state,  # noqa: F401 -- re-exported
-                         training_pairs)
-from distributed import join_processes, world_and_rank
 from load_data import (append_jsonl, at_least_two, batches_without_duplicates, load_corpus, load_summaries,
                        papers_in_common, repair_tail, split_validation)
-from model import (autocast, check_max_length, default_max_length, encode, load_model, partner_ranks,
-                   resolve_device, resolve_model_settings, resolve_precision, save_model, transformer_of)
-from run_folder import (TrainingError, check_same_run, clear_outputs, locked, run_identity, start_afresh,
-                        trim_log)
-from sarcse import ReconstructionHead, token_weights
-from semantic_benchmark import task_title_abstract
+from semcse import cli, files
+from semcse.benchmark_tasks import task_title_abstract
+from semcse.contrastive import (contrastive_loss, contrastive_step, rng_state,  # noqa: F401 -- re-exported
+                                set_rng_state, training_pairs)
+from semcse.distributed import join_processes, world_and_rank
+from semcse.model import encode, load_model, partner_ranks, resolve_device, save_model, transformer_of
+from semcse.model_setup import ModelSetup, resolve_model_settings, training_setup
+from semcse.run_folder import (TrainingError, check_same_run, clear_outputs, locked, run_identity, start_afresh,
+                               trim_log)
+from semcse.sarcse import ReconstructionHead, token_weights
+from settings import Config, SettingsError
 
 
 def train_embedding_model(cfg: Config | None = None, resume: bool = False, overwrite: bool = False,
@@ -114,7 +115,7 @@ class Run:
     """One training run's live objects, read and updated by the loop, validation and checkpoints."""
     cfg: Config
     run_dir: str
-    device: torch.device
+    setup: ModelSetup                       # the model settings, decided once (pooling, metric, ..., device)
     main_process: bool
     identity: dict[str, Any]                # its settings and data hash (run_folder.run_identity)
     train: dict[str, list[str]]             # paper id -> its summaries (training papers only)
@@ -161,23 +162,23 @@ def _start(cfg: Config, run_dir: str, device: torch.device, main_process: bool, 
     model, tokenizer = load_model(last_dir if state else cfg.encoder_checkpoint, str(device), pooling=cfg.pooling,
                                   metric=cfg.metric, normalize=False if cfg.metric == "euclidean" else None,
                                   offline=cfg.offline, trust_remote_code=cfg.trust_remote_code)
-    _check_fits(cfg, model, device, bool(val_papers))
+    setup = training_setup(cfg, model, device, validates_papers=bool(val_papers))  # and refuses what cannot run
     train_model = torch.compile(model) if cfg.compile else model  # same weights; saving uses `model`
     head = None
     if cfg.objective == "sarcse":
         texts = (s for pid in sorted(train) for s in train[pid])
-        head = ReconstructionHead(transformer_of(model).config.hidden_size, token_weights(tokenizer, texts, cfg.max_length))
+        head = ReconstructionHead(transformer_of(model).config.hidden_size,
+                                  token_weights(tokenizer, texts, setup.max_length))
         head.to(device)
         if state:
             head.load_state_dict(state["head"])
     params = [*model.parameters(), *(head.parameters() if head is not None else [])]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                   fused=device.type == "cuda")
-    fp16 = resolve_precision(device.type, cfg.precision) == "fp16"
-    scaler = torch.amp.GradScaler(enabled=fp16)  # loss scaling wherever autocast runs in fp16
+    scaler = torch.amp.GradScaler(enabled=setup.precision == "fp16")  # loss scaling wherever autocast runs in fp16
     counts = {pid: len(texts) for pid, texts in train.items()}  # pairs index into a paper's summaries
     batches_of = functools.lru_cache(maxsize=1)(functools.partial(epoch_batches, counts, cfg))
-    return Run(cfg, run_dir, device, main_process, identity, train, val, val_papers, batches_of, state, model,
+    return Run(cfg, run_dir, setup, main_process, identity, train, val, val_papers, batches_of, state, model,
                train_model, tokenizer, head, optimizer, scaler)
 
 
@@ -197,15 +198,6 @@ def training_data(cfg: Config) -> tuple[dict[str, list[str]], tuple[list[str], l
     train = {pid: summaries[pid][:keep] for pid in train_ids}
     val_ids = sorted(val_ids)
     return train, ([summaries[i][0] for i in val_ids], [summaries[i][1] for i in val_ids])
-
-
-def _check_fits(cfg: Config, model: nn.Module, device: torch.device, validates_papers: bool) -> None:
-    """Refuse now what would otherwise fail at the first batch, after the folder was written: a precision
-    the device cannot run (model.autocast decides), a max length beyond the model's positions."""
-    autocast(device, cfg.precision)
-    check_max_length(model, cfg.max_length, "max_length")
-    if validates_papers and cfg.benchmark_max_length:
-        check_max_length(model, cfg.benchmark_max_length, "benchmark_max_length")
 
 
 def _claim_folder(run: Run) -> None:
@@ -259,7 +251,7 @@ def _optimizer_step(run: Run, pairs: list[tuple[str, int, int]]) -> torch.Tensor
     read = {pid: run.train[pid] for pid, _, _ in pairs}  # this batch's papers (each once), from the file
     batch = [(pid, read[pid][i], read[pid][j]) for pid, i, j in pairs]
     run.optimizer.zero_grad(set_to_none=True)
-    loss = contrastive_step(run.train_model, run.tokenizer, batch, run.cfg, run.device, run.scaler, run.head)
+    loss = contrastive_step(run.train_model, run.tokenizer, batch, run.cfg, run.setup, run.scaler, run.head)
     if not torch.isfinite(loss):
         raise TrainingError(f"loss is {loss.item()} at step {run.progress['step'] + 1}; stopped, the last good "
                             f"checkpoint is in {run.last_dir} (try a lower learning_rate or higher temperature)")
@@ -288,7 +280,7 @@ def _validate_and_checkpoint(run: Run, loss: float, started: float) -> bool:
         p["bad_validations"] += 1
     if run.main_process:
         save_checkpoint(run.model, run.last_dir, training_state={
-            **p, "metric": cfg.metric, "objective": cfg.objective, "run": run.identity,
+            **p, "metric": run.setup.metric, "objective": cfg.objective, "run": run.identity,
             "head": run.head.state_dict() if run.head is not None else None, "optimizer": run.optimizer.state_dict(),
             "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(), "rng": rng_state()})
         tqdm.write(f"step {p['step']}: validation mean rank ({_selected_by(cfg)}) {score:.3f} (best {p['best']:.3f})")
@@ -302,30 +294,30 @@ def _validate_and_checkpoint(run: Run, loss: float, started: float) -> bool:
 def validation_scores(run: Run) -> dict[str, float]:
     """Every validation score (mean ranks, lower = better): "summaries", the partner-summary rank of the
     held-out training papers, and with a validation corpus "title_abstract" on its papers."""
-    scores = {"summaries": validate(run.model, run.tokenizer, *run.val_texts, run.cfg)}
+    scores = {"summaries": validate(run.model, run.tokenizer, *run.val_texts, run.cfg, run.setup)}
     if run.val_papers:
-        scores["title_abstract"] = validate_title_abstract(run.model, run.tokenizer, run.val_papers, run.cfg)
+        scores["title_abstract"] = validate_title_abstract(run.model, run.tokenizer, run.val_papers, run.cfg,
+                                                           run.setup)
     return scores
 
 
-def validate_title_abstract(model: nn.Module, tokenizer: Any, papers: list[dict], cfg: Config) -> float:
+def validate_title_abstract(model: nn.Module, tokenizer: Any, papers: list[dict], cfg: Config,
+                            setup: ModelSetup) -> float:
     """Title-Abstract mean rank on `papers`, scored as the benchmark scores it: the same task, encode()
-    and similarity (the model's own, or the forced metric), at the model's benchmark max length."""
-    max_length = cfg.benchmark_max_length or default_max_length(model)
-    metric = resolve_model_settings(cfg, model).metric
-
+    and similarity (the run's metric), at the model's benchmark max length (setup.scoring_max_length)."""
     def embed(texts: list[str]):
-        return encode(model, tokenizer, texts, cfg.encode_batch_size, max_length, cfg.precision, show_progress=False)
+        return encode(model, tokenizer, texts, cfg.encode_batch_size, setup.scoring_max_length, setup.precision,
+                      show_progress=False)
 
-    return task_title_abstract(embed, papers, metric, cfg.score_memory_mb)["mean_rank"]
+    return task_title_abstract(embed, papers, setup.metric, cfg.score_memory_mb)["mean_rank"]
 
 
-def validate(model: nn.Module, tokenizer: Any, val_queries: list[str], val_targets: list[str], cfg: Config) -> float:
+def validate(model: nn.Module, tokenizer: Any, val_queries: list[str], val_targets: list[str], cfg: Config,
+             setup: ModelSetup) -> float:
     """Mean rank of each held-out paper's second summary for its first, among all second ones (1 = perfect)."""
-    cfg = resolve_model_settings(cfg, model)  # "auto": the model's own metric
-    q = encode(model, tokenizer, val_queries, cfg.encode_batch_size, cfg.max_length, cfg.precision)
-    t = encode(model, tokenizer, val_targets, cfg.encode_batch_size, cfg.max_length, cfg.precision)
-    return float(partner_ranks(q, t, metric=cfg.metric, memory_mb=cfg.score_memory_mb).mean())
+    q = encode(model, tokenizer, val_queries, cfg.encode_batch_size, setup.max_length, setup.precision)
+    t = encode(model, tokenizer, val_targets, cfg.encode_batch_size, setup.max_length, setup.precision)
+    return float(partner_ranks(q, t, metric=setup.metric, memory_mb=cfg.score_memory_mb).mean())
 
 
 def save_checkpoint(model: nn.Module, folder: str, training_state: dict | None = None) -> None:

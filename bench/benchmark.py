@@ -7,7 +7,7 @@ The corpus is the real ACLSum abstracts repeated to size, each copy made distinc
 neural encoder, the embedder is cheap and deterministic: TF-IDF projected to 384 dimensions by a fixed
 random matrix. Each size runs in its own process (so peak memory is its own). Exact ranks and kNN are
 computed in blocks of rows sized so that a block's temporaries stay under settings.score_memory_mb
-(model.block_rows), not O(n^2). The peer is the naive full-matrix computation, whose size we print
+(similarity.block_rows), not O(n^2). The peer is the naive full-matrix computation, whose size we print
 as the memory it would need.
 """
 import os
@@ -16,7 +16,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import cli  # noqa: E402
+from semcse import cli  # noqa: E402
 import settings  # noqa: E402
 from common import run_in_child  # noqa: E402
 
@@ -42,7 +42,7 @@ class Projected:
 def one_size(n: int, cfg: dict, queue) -> None:
     import tempfile
 
-    import benchmark_harness as B
+    from semcse import benchmark as B
     from load_data import ensure_default_data, load_corpus
 
     settings.update(**cfg)

@@ -17,7 +17,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import cli  # noqa: E402
+from semcse import cli  # noqa: E402
 import settings  # noqa: E402
 
 
@@ -26,7 +26,7 @@ def main(n_texts: int = 256, repeats: int = 3) -> None:
     import torch
 
     from load_data import load_corpus
-    from model import encode, load_model, transformer_of
+    from semcse.model import encode, load_model, transformer_of
 
     model, tok = load_model(settings.encoder_checkpoint, "cpu")
     papers = load_corpus(settings.benchmark_corpus_file)[:n_texts]

@@ -23,7 +23,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import cli  # noqa: E402
+from semcse import cli  # noqa: E402
 import settings  # noqa: E402
 from common import run_in_child  # noqa: E402
 
@@ -40,8 +40,8 @@ def run_side(side: str, precision: str, cfg: dict, repeats: int, n: int, queue) 
 
     settings.update(**cfg)
     data, path, max_length = texts(n), settings.encoder_checkpoint, settings.benchmark_max_length or None
-    if side == "ours":
-        from model import encode, for_scoring, load_model
+    if side.startswith("ours"):
+        from semcse.model import encode, for_scoring, load_model
 
         model, tok = load_model(path, settings.device)
         model = for_scoring(model, precision)
@@ -50,7 +50,7 @@ def run_side(side: str, precision: str, cfg: dict, repeats: int, n: int, queue) 
     else:
         from sentence_transformers import SentenceTransformer
 
-        from model import resolve_device
+        from semcse.model import resolve_device
 
         kwargs = {"model_kwargs": {"dtype": torch.bfloat16}} if precision == "bf16" else {}
         st = SentenceTransformer(path, device=str(resolve_device(settings.device)), **kwargs)
@@ -78,28 +78,32 @@ def min_cosine(a, b) -> float:
     return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
 
 
-if __name__ == "__main__":
+def main(repeats: int = 3, n_texts: int = 256) -> None:
+    """Time ours against SentenceTransformer.encode() at the resolved precision (and fp32 where that is not fp32)."""
     import torch
 
-    from model import resolve_device, resolve_precision
+    from semcse.model import resolve_device, resolve_precision
 
-    flags = cli.parse_command_line(flags={"repeats": 3, "n_texts": 256})
     cfg = settings.resolved().as_dict()
     chosen = resolve_precision(resolve_device(settings.device).type, settings.precision)
     precisions = [chosen] + (["fp32"] if chosen != "fp32" else [])
     device = ("cuda" if torch.cuda.is_available() else
               f"cpu ({os.cpu_count()} cores, {torch.backends.cpu.get_cpu_capability()}, torch {torch.__version__})")
-    print(f"encode: the first {flags['n_texts']} title+abstract texts of {settings.benchmark_corpus_file}, batch "
+    print(f"encode: the first {n_texts} title+abstract texts of {settings.benchmark_corpus_file}, batch "
           f"{settings.encode_batch_size}, max_length {settings.benchmark_max_length or 'the model’s own'}, "
           f"device {device}")
     print("| side | precision | texts/s | peak memory (MiB) |\n|---|---|---|---|", flush=True)
     r = {}
     for p in precisions:
         for side, label in (("ours", "ours: model.for_scoring + model.encode()"), ("st", "SentenceTransformer.encode()")):
-            r[side, p] = run_in_child(run_side, side, p, cfg, flags["repeats"], flags["n_texts"])
+            r[side, p] = run_in_child(run_side, side, p, cfg, repeats, n_texts)
             print(f"| {label} | {p} | {r[side, p]['n'] / r[side, p]['seconds']:.1f} | {r[side, p]['peak_mb']:.0f} |",
                   flush=True)
     for p in precisions:
         print(f"{p}: ratio (ours / sentence-transformers, texts per second) "
               f"{r['st', p]['seconds'] / r['ours', p]['seconds']:.2f}x; min cosine between their vectors "
               f"{min_cosine(r['ours', p]['emb'], r['st', p]['emb']):.6f}")
+
+
+if __name__ == "__main__":
+    cli.cli(main, flags={"repeats": 3, "n_texts": 256})

@@ -37,12 +37,13 @@ from dataclasses import dataclass, field
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
-import cli  # noqa: E402
+from semcse import cli  # noqa: E402
 import settings  # noqa: E402
 
 FLAGS = {"phase": "all", "workers": 1, "out": "output/reproduce", "shared": os.path.join("..", "shared", "data"),
          "mpnet": "", "seeds": 3, "budget_pairs": 3200}
 VALIDATION = "data/arxiv_val.jsonl"
+QUERIES = "data/arxiv_queries.jsonl"  # the in-domain corpus' LLM queries; the other corpora have none
 RANK_TASKS, ALL_TASKS = ("title_abstract", "abstract_segments", "query"), ("title_abstract", "abstract_segments",
                                                                            "query", "clustering")
 # Each family's grid: (learning rate, temperature, batch size); the budget fixes the steps.
@@ -151,9 +152,9 @@ def qwen_summaries(flags: dict) -> str:
 
 
 def run_job(job: Job, flags: dict) -> None:
-    import benchmark_harness as H
+    from semcse import benchmark as H
     from load_data import load_corpus
-    from model import for_scoring, load_model
+    from semcse.model import for_scoring, load_model
     from train_embedding_model import train_embedding_model
 
     cfg = job_config(flags)
@@ -170,7 +171,7 @@ def run_job(job: Job, flags: dict) -> None:
         else:
             emb = H.ModelEmbedder(job.name, for_scoring(model, cfg.precision), tok, cfg, role="model",
                                   path=job.model or job.name)
-        H.run_benchmark([emb], cfg, path, None, overwrite=False)  # the default queries (a corpus without: skipped)
+        H.run_benchmark([emb], cfg, path, QUERIES, overwrite=False)  # a corpus without queries: Query skipped
     if job.train:  # the optimizer state is only for resuming, and the scores are in: keep best/ only
         shutil.rmtree(os.path.join(flags["out"], "runs", job.name, "last"), ignore_errors=True)
 
@@ -295,7 +296,7 @@ def main(phase: str = "all", **flags) -> None:
             run_jobs(table_jobs(flags) if p == "table" else curve_jobs(flags), flags)
         elif p == "report":
             from bench.reproduce_report import report
-            report(flags)
+            report(flags, {corpus: folder(corpus, flags) for corpus in corpora(flags)})
         else:
             raise settings.SettingsError(f"option '--phase' must be all, sweep, table, curve or report, got {p!r}")
         print(f"phase {p} finished at {time.time() - started:.0f} s", flush=True)

@@ -78,16 +78,17 @@ def better(rows: dict, a: str, b: str, task: str) -> tuple[bool, float, float]:
     return diff > bound, diff, bound
 
 
-def report(flags: dict) -> str:
+def report(flags: dict, folders: dict[str, str]) -> str:
+    """docs/reproduction.md and the curve figure from the results under flags["out"]; `folders`: each corpus'
+    results folder under out/benchmark/ (bench/reproduce.py names them; passed in, so this module imports
+    nothing of reproduce.py, which imports it)."""
     out = flags["out"]
     lines = [f"# SemCSE reproduced: measured tables\n\nWritten by `python bench/reproduce.py` from `{_rel(out)}`; "
              "every trained row is the mean ± standard deviation over its seeds (n in the last column).\n"]
     lines += [provenance(out)] + sweep_section(out)
     tables = {}
-    from bench.reproduce import folder
-
     for corpus, title in CORPUS_TITLES.items():
-        rows = by_row(load_scores(out, folder(corpus, flags)))
+        rows = by_row(load_scores(out, folders[corpus]))
         if rows:
             tables[corpus] = rows
             lines += [f"## {title}\n"] + table(rows, flags) + [""]
@@ -142,7 +143,7 @@ def sweep_section(out: str) -> list[str]:
 
 
 def table(rows: dict, flags: dict) -> list[str]:
-    from semantic_benchmark import perf_scores
+    from semcse.benchmark_tasks import perf_scores
 
     means = {r: {"role": "base" if r == "minilm" else "", "tasks": {
         t: {"knn_agreement" if t == "clustering" else "mean_rank": mean_std(v)[0]} for t, v in rows[r].items()}}

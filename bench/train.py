@@ -19,7 +19,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import cli  # noqa: E402
+from semcse import cli  # noqa: E402
 import settings  # noqa: E402
 from common import run_in_child  # noqa: E402
 
@@ -48,7 +48,8 @@ def ours(cfg: dict, steps: int, queue) -> None:
     from transformers import get_linear_schedule_with_warmup
 
     from load_data import batches_without_duplicates
-    from model import load_model, resolve_device
+    from semcse.model import load_model, resolve_device
+    from semcse.model_setup import training_setup
     from train_embedding_model import contrastive_step
 
     settings.update(**cfg)
@@ -57,6 +58,7 @@ def ours(cfg: dict, steps: int, queue) -> None:
     data = pairs((steps + WARMUP) * cfg.batch_size * 2)
     batches = [[data[i] for i in b] for b in batches_without_duplicates([p[0] for p in data], cfg.batch_size)]
     model, tok = load_model(cfg.encoder_checkpoint, str(device))
+    setup = training_setup(cfg, model, device)  # pooling, metric, max_length, precision: decided once
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                             fused=device.type == "cuda")
@@ -65,7 +67,7 @@ def ours(cfg: dict, steps: int, queue) -> None:
         if i == WARMUP:
             start = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        contrastive_step(model, tok, batch, cfg, device)
+        contrastive_step(model, tok, batch, cfg, setup)
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         opt.step()
         sched.step()
@@ -86,7 +88,7 @@ def theirs(cfg: dict, steps: int, queue) -> None:
 
     from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
 
-    from model import resolve_device, resolve_precision
+    from semcse.model import resolve_device, resolve_precision
 
     settings.update(**cfg)
     device = resolve_device(settings.device)
@@ -120,21 +122,25 @@ def theirs(cfg: dict, steps: int, queue) -> None:
     queue.put({"seconds": times["end"] - times["start"], "peak_mb": peak_mb()})
 
 
-if __name__ == "__main__":
+def main(steps: int = 20) -> None:
+    """Time our training step against SentenceTransformerTrainer + MNRL at the same precision."""
     import torch
 
-    from model import resolve_device, resolve_precision
+    from semcse.model import resolve_device, resolve_precision
 
-    flags = cli.parse_command_line(flags={"steps": 20})
     precision = resolve_precision(resolve_device(settings.device).type, settings.precision)
-    n = flags["steps"] * settings.batch_size
+    n = steps * settings.batch_size
     device = "cuda" if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores, torch {torch.__version__})"
-    print(f"train: {flags['steps']} timed steps of {settings.batch_size} pairs, max_length {settings.max_length}, "
+    print(f"train: {steps} timed steps of {settings.batch_size} pairs, max_length {settings.max_length}, "
           f"precision {precision}, GradCache mini-batch {settings.mini_batch_size or 'off'}, device {device}")
     print("| side | pairs/s | peak memory (MiB) |\n|---|---|---|", flush=True)
-    a = run_in_child(ours, settings.resolved().as_dict(), flags["steps"])
+    a = run_in_child(ours, settings.resolved().as_dict(), steps)
     print(f"| ours: contrastive_step + AdamW | {n / a['seconds']:.1f} | {a['peak_mb']:.0f} |", flush=True)
-    b = run_in_child(theirs, settings.resolved().as_dict(), flags["steps"])
+    b = run_in_child(theirs, settings.resolved().as_dict(), steps)
     print(f"| SentenceTransformerTrainer + {'Cached' if settings.mini_batch_size else ''}MNRL | "
           f"{n / b['seconds']:.1f} | {b['peak_mb']:.0f} |")
     print(f"ratio (ours / sentence-transformers, pairs per second): {b['seconds'] / a['seconds']:.2f}x")
+
+
+if __name__ == "__main__":
+    cli.cli(main, flags={"steps": 20})

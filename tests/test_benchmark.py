@@ -7,12 +7,13 @@ import os
 import numpy as np
 import pytest
 
-import benchmark_harness as H
 import load_data as L
 import semantic_benchmark as sb
 import settings
 from conftest import write_jsonl
-from model import partner_ranks
+from semcse import benchmark as H
+from semcse import benchmark_tasks as tasks
+from semcse.model import partner_ranks
 
 
 def cfg_for(tmp_path, **overrides) -> dict:
@@ -57,10 +58,10 @@ class Fixed:
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
 def test_perfect_model_ranks_one_and_reversed_model_ranks_last(metric):
     q = np.eye(8, dtype=np.float32)
-    perfect = sb.rank_metrics(partner_ranks(q, q.copy(), metric=metric), 8)
+    perfect = tasks.rank_metrics(partner_ranks(q, q.copy(), metric=metric), 8)
     assert perfect["mean_rank"] == 1 and perfect["median_rank"] == 1 and perfect["mrr"] == 1
     # c_i = -q_i is the farthest candidate from q_i under both metrics: rank n for everyone.
-    reversed_ = sb.rank_metrics(partner_ranks(q, -q, metric=metric), 8)
+    reversed_ = tasks.rank_metrics(partner_ranks(q, -q, metric=metric), 8)
     assert reversed_["mean_rank"] == 8 and reversed_["mrr"] == pytest.approx(1 / 8)
     # A constant model ties everything: chance level (n + 1) / 2.
     const = partner_ranks(np.ones((8, 3)), np.ones((8, 3)), metric=metric)
@@ -72,14 +73,14 @@ def test_knn_and_v_measure_perfect_and_chance(metric):
     rng = np.random.default_rng(0)
     labels = [c for c in "abc" for _ in range(6)]
     x = np.eye(3)[[ord(c) - ord("a") for c in labels]] * 10 + rng.normal(0, 0.01, (18, 3))
-    micro, macro = sb.knn_agreement(x, labels, k=5, metric=metric, block=4)  # block < n: tests blocking too
+    micro, macro = tasks.knn_agreement(x, labels, k=5, metric=metric, block=4)  # block < n: tests blocking too
     assert micro == 1.0 and macro == 1.0
-    assert sb.kmeans_v_measure(x, labels, metric, seed=0) == pytest.approx(1.0)
+    assert tasks.kmeans_v_measure(x, labels, metric, seed=0) == pytest.approx(1.0)
     # Six tight groups, each holding one paper of every label: the 2 nearest neighbours never agree.
     mixed = np.eye(6)[np.arange(18) % 6] * 10 + rng.normal(0, 0.01, (18, 6))
-    micro, macro = sb.knn_agreement(mixed, labels, k=2, metric=metric)
+    micro, macro = tasks.knn_agreement(mixed, labels, k=2, metric=metric)
     assert micro == 0.0 and macro == 0.0
-    assert sb.chance_agreement(labels) == pytest.approx(3 * 6 * 5 / (18 * 17))
+    assert tasks.chance_agreement(labels) == pytest.approx(3 * 6 * 5 / (18 * 17))
 
 
 def test_perf_formula():
@@ -87,7 +88,7 @@ def test_perf_formula():
         return {"role": role, "tasks": {"title_abstract": {"mean_rank": ranks, "chance_rank": 50.5},
                                         "clustering": {"knn_agreement": knn, "chance": 0.2}}}
     run = {"base": res(9.0, 0.4, "base"), "best": res(1.0, 0.8), "mid": res(5.0, 0.6), "bad": res(80.0, 0.1)}
-    perf = sb.perf_scores(run, "base")
+    perf = tasks.perf_scores(run, "base")
     assert perf["base"][0] == 0.0 and perf["best"][0] == pytest.approx(1.0)
     assert perf["mid"][1]["title_abstract"] == pytest.approx(0.5)  # halfway on the linear rank scale
     assert perf["mid"][1]["clustering"] == pytest.approx(0.5)
@@ -95,11 +96,11 @@ def test_perf_formula():
     assert perf["bad"][1] == {"title_abstract": -1.0, "clustering": pytest.approx(-0.75)}  # worse than the reference: below 0
     assert perf["bad"][0] == pytest.approx(-0.875)  # (-71/8 clipped to -1, and -0.3/0.4), averaged
     worse = {"base": res(2.0, 0.5, "base"), "a": res(3.0, 0.45), "b": res(4.0, 0.3)}  # nobody beats the base
-    assert sb.perf_scores(worse, "base")["b"][0] == -1.0 and sb.perf_scores(worse, "base")["a"][1] == \
+    assert tasks.perf_scores(worse, "base")["b"][0] == -1.0 and tasks.perf_scores(worse, "base")["a"][1] == \
         {"title_abstract": -0.5, "clustering": pytest.approx(-0.25)}
-    assert sb.perf_scores(worse, "base")["base"][0] == 0.0
-    assert sb.perf_scores(run, "mid")["base"][0] == pytest.approx(-1.0) and sb.perf_scores(run, "mid")["best"][0] == 1.0  # by name
-    assert all(p == (None, {}) for p in sb.perf_scores(run, "no-such-model").values())  # no reference: no Perf.
+    assert tasks.perf_scores(worse, "base")["base"][0] == 0.0
+    assert tasks.perf_scores(run, "mid")["base"][0] == pytest.approx(-1.0) and tasks.perf_scores(run, "mid")["best"][0] == 1.0  # by name
+    assert all(p == (None, {}) for p in tasks.perf_scores(run, "no-such-model").values())  # no reference: no Perf.
 
 
 # ----------------------------------------------------------------------------------------------
@@ -126,7 +127,7 @@ def test_split_halves_rule():
 
 def lexical_run(tmp_path, corpus, queries=None, overwrite=False, embedders=None, **overrides):
     cfg = cfg_for(tmp_path, **overrides)
-    embs = embedders or [H.TfidfEmbedder(sb.load_corpus(corpus), cfg)]
+    embs = embedders or [H.TfidfEmbedder(L.load_corpus(corpus), cfg)]
     return H.run_benchmark(embs, cfg, corpus, queries, overwrite)
 
 
@@ -162,9 +163,9 @@ def test_all_tasks_with_labels_and_queries(tmp_path):
 
 def test_resume_keeps_scored_tasks_and_overwrite_redoes_them(tmp_path):
     corpus = small_corpus(tmp_path)
-    papers = sb.load_corpus(corpus)
+    papers = L.load_corpus(corpus)
     rng = np.random.default_rng(0)
-    texts = [p["title"] for p in papers] + [p["abstract"] for p in papers] + [sb.paper_text(p, " ") for p in papers]
+    texts = [p["title"] for p in papers] + [p["abstract"] for p in papers] + [tasks.paper_text(p, " ") for p in papers]
     texts += [h for p in papers for h in L.split_halves(p["abstract"])]
     table = {t: rng.normal(size=4) for t in texts}
 
@@ -200,7 +201,7 @@ def test_resume_keeps_scored_tasks_and_overwrite_redoes_them(tmp_path):
 def test_embeddings_equal_sentence_transformers(tmp_path, tiny_model_dir, pooling):
     from sentence_transformers import SentenceTransformer
 
-    from model import load_model, save_model
+    from semcse.model import load_model, save_model
 
     m, _ = load_model(tiny_model_dir, "cpu", pooling=pooling)
     saved = save_model(m, str(tmp_path / "st"))
@@ -224,7 +225,7 @@ def test_a_dense_and_normalize_folder_embeds_as_sentence_transformers(tmp_path):
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Dense, Normalize
 
-    from model import encode, load_model
+    from semcse.model import encode, load_model
 
     shipped = SentenceTransformer(settings.packaged_minilm(), device="cpu")
     torch.manual_seed(0)
@@ -244,23 +245,23 @@ def test_title_abstract_equals_sentence_transformers_information_retrieval_evalu
     from conftest import SHARED_DATA
     from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
-    from model import load_model
+    from semcse.model import load_model
 
-    corpus = sb.load_corpus(SHARED_DATA)[:80] if os.path.exists(SHARED_DATA) else \
-        sb.load_corpus(small_corpus(tmp_path, n=40))
+    corpus = L.load_corpus(SHARED_DATA)[:80] if os.path.exists(SHARED_DATA) else \
+        L.load_corpus(small_corpus(tmp_path, n=40))
     m, tok = load_model(settings.packaged_minilm(), "cpu")
     ir = InformationRetrievalEvaluator({p["id"]: p["title"] for p in corpus}, {p["id"]: p["abstract"] for p in corpus},
                                        {p["id"]: {p["id"]} for p in corpus}, mrr_at_k=[10], accuracy_at_k=[1],
                                        write_csv=False)(m)
     theirs = {k.rsplit("_", 1)[-1]: v for k, v in ir.items() if k.endswith(("mrr@10", "accuracy@1"))}
     emb = H.ModelEmbedder("minilm", m, tok, cfg_for(tmp_path, precision="fp32", device="cpu"))
-    ours = sb.task_title_abstract(emb.embed, corpus, emb.metric)
+    ours = tasks.task_title_abstract(emb.embed, corpus, emb.metric)
     assert theirs["mrr@10"] == pytest.approx(ours["mrr_at_10"], abs=1e-9)
     assert theirs["accuracy@1"] == pytest.approx(ours["accuracy_at_1"], abs=1e-9)
 
 
 def test_the_cache_never_keeps_a_bad_encode_and_overwrite_encodes_again(tmp_path, tiny_model_dir, monkeypatch):
-    from model import load_model
+    from semcse.model import load_model
 
     m, tok = load_model(tiny_model_dir, "cpu")
     cfg = cfg_for(tmp_path, precision="fp32", device="cpu")
@@ -300,7 +301,7 @@ def test_a_damaged_or_non_object_results_file_is_named_and_scored_again(tmp_path
 
 
 def test_evaluate_model_semantics_entry_point(tmp_path, tiny_model_dir, monkeypatch, capsys):
-    from model import load_model
+    from semcse.model import load_model
 
     corpus = small_corpus(tmp_path)
     monkeypatch.setattr(settings, "output_dir", str(tmp_path / "out"))
@@ -328,10 +329,10 @@ def test_scoring_memory_is_bounded_by_the_setting(monkeypatch):
     x = rng.normal(size=(2000, 16)).astype(np.float32)
     y = x + rng.normal(scale=0.8, size=x.shape).astype(np.float32)
     labels = [str(i % 7) for i in range(len(x))]
-    whole = partner_ranks(x, y, metric="euclidean", block=len(x)), sb.knn_agreement(x, labels, 5, "cosine", block=len(x))
+    whole = partner_ranks(x, y, metric="euclidean", block=len(x)), tasks.knn_agreement(x, labels, 5, "cosine", block=len(x))
     tracemalloc.start()
     try:  # score_memory_mb=2, passed as the harness passes the setting
-        blocked = partner_ranks(x, y, metric="euclidean", memory_mb=2), sb.knn_agreement(x, labels, 5, "cosine", memory_mb=2)
+        blocked = partner_ranks(x, y, metric="euclidean", memory_mb=2), tasks.knn_agreement(x, labels, 5, "cosine", memory_mb=2)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -340,7 +341,7 @@ def test_scoring_memory_is_bounded_by_the_setting(monkeypatch):
 
 
 def test_tfidf_stays_sparse_and_ranks_as_dense(tmp_path):
-    corpus = sb.load_corpus(small_corpus(tmp_path))
+    corpus = L.load_corpus(small_corpus(tmp_path))
     lex = H.TfidfEmbedder(corpus)
     t, a = lex.embed([p["title"] for p in corpus]), lex.embed([p["abstract"] for p in corpus])
     assert hasattr(t, "tocsr") and t.shape[0] == len(corpus)
@@ -350,7 +351,7 @@ def test_tfidf_stays_sparse_and_ranks_as_dense(tmp_path):
 
 def test_a_corpus_of_one_paper_is_refused(tmp_path):
     one = write_jsonl(tmp_path / "one.jsonl", [{"id": "a", "title": "A title", "abstract": "One. Two."}])
-    with pytest.raises(sb.DataError, match=r"one.jsonl: 1 paper; .* needs at least 2"):
+    with pytest.raises(L.DataError, match=r"one.jsonl: 1 paper; .* needs at least 2"):
         lexical_run(tmp_path, one)
 
 
@@ -369,7 +370,7 @@ def test_one_sentence_abstracts_are_left_out_of_segments_and_counted(tmp_path):
 def test_baselines_score_the_base_encoder_like_the_trained_model(tmp_path, tiny_model_dir):
     """--baselines: the untrained base takes the trained model's pooling and similarity (Perf.'s zero is
     a like-for-like comparison); MiniLM is scored as shipped; an explicit --pooling reaches plain encoders only."""
-    from model import load_model, save_model
+    from semcse.model import load_model, save_model
 
     m, _ = load_model(tiny_model_dir, "cpu", pooling="mean", metric="cosine")
     save_model(m, str(tmp_path / "out" / "SemCSE" / "best"))

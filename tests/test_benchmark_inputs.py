@@ -7,12 +7,12 @@ import os
 
 import pytest
 
-import benchmark_harness as H
 import semantic_benchmark as sb
 import settings
 from conftest import write_jsonl
 from load_data import iter_corpus
-from model import load_model, save_model
+from semcse import benchmark as H
+from semcse.model import load_model, save_model
 from test_benchmark import cfg_for, lexical_run, small_corpus
 
 
@@ -26,7 +26,7 @@ def restore_settings():
 def bench_cli(capsys, *argv) -> tuple[int, str, str]:
     """semantic_benchmark.py's command line in this process: (exit code, stdout, stderr)."""
     try:
-        H.main(list(argv))
+        sb.main(list(argv))
         code = 0
     except SystemExit as e:
         code = e.code

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-import model as M
+from semcse import model as M
 import settings
-import similarity
+from semcse import similarity
 from conftest import ROOT, write_jsonl
 
 TOPICS = ["graph parsing", "speech recognition", "image segmentation", "machine translation"]

@@ -16,9 +16,9 @@ from fake_openai_server import FakeOpenAIServer
 
 import generate_search_queries as gq
 import generate_train_summaries as gs
-import llm
-import llm_workers
-import cli
+from semcse import llm
+from semcse import llm_workers
+from semcse import cli
 import settings
 import load_data as L
 from load_data import DataError, iter_jsonl, load_summaries
@@ -444,7 +444,7 @@ def test_summary_prompt_shows_worked_examples_before_the_paper():
 def test_latex_backslashes_in_an_answer_are_read_as_text():
     # Models copy LaTeX from abstracts ("\alpha", "\theta") into JSON strings unescaped: invalid JSON
     # that is still the answer. Real escapes keep their meaning; anything else stays refused.
-    from llm import InvalidOutput, parse_json
+    from semcse.llm import InvalidOutput, parse_json
 
     got = parse_json(r'{"summaries": ["an \alpha-attractor with \theta \u00e9 and \"quotes\"", "line\n break", "\nu"]}')
     # (before a letter, \n \t \b \f \r are LaTeX, \nu or \theta, once the answer is invalid JSON at all)

@@ -16,8 +16,8 @@ from test_generation import KEY, cfg_for, lines, make_corpus, run_script
 
 import generate_search_queries as gq
 import generate_train_summaries as gs
-import llm
-import llm_files
+from semcse import llm
+from semcse import llm_files
 import load_data
 from load_data import DataError
 

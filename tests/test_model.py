@@ -6,8 +6,9 @@ import pytest
 import torch
 from transformers import AutoModel
 
-import model as M
 import settings
+from semcse import model as M
+from semcse.model_setup import resolve_model_settings
 
 TEXTS = ["Graph neural networks for parsing.", "A short one.",
          "We study speech recognition with a much longer sentence that has many more tokens in it."] * 3
@@ -36,7 +37,7 @@ def test_saved_model_reloads_with_equal_embeddings(tmp_path, tiny_model_dir, met
     reloaded, tok2 = M.load_model(path, "cpu")  # pooling and metric come with the folder
     assert (M.pooling_of(reloaded), reloaded.similarity_fn_name) == (pooling, metric)
     np.testing.assert_allclose(M.encode(reloaded, tok2, TEXTS, 4, 32, "fp32"), ours, atol=1e-6)
-    own = M.resolve_model_settings(settings.resolved(pooling="auto", metric="auto"), path)
+    own = resolve_model_settings(settings.resolved(pooling="auto", metric="auto"), path)
     assert {"pooling": own.pooling, "metric": own.metric} == {"pooling": pooling, "metric": metric}
 
 
@@ -49,7 +50,7 @@ def test_auto_means_the_models_own(tiny_model_dir):
     minilm, _ = M.load_model(_packaged_minilm(), "cpu")
     s = M.scoring_of(minilm)
     assert (s["pooling"], s["similarity"], s["normalized"], s["max_length"], s["dim"]) == ("mean", "cosine", True, 256, 384)
-    own = M.resolve_model_settings(settings.resolved(pooling="auto", metric="euclidean"), _packaged_minilm())
+    own = resolve_model_settings(settings.resolved(pooling="auto", metric="euclidean"), _packaged_minilm())
     assert {"pooling": own.pooling, "metric": own.metric} == \
         {"pooling": "mean", "metric": "euclidean"}
 
@@ -260,7 +261,7 @@ def test_a_plain_encoder_with_a_damaged_tokenizer_file_is_one_line(tmp_path, tin
                                                                     words):
     import shutil
 
-    import benchmark_harness as H
+    import semantic_benchmark as sb
 
     path = shutil.copytree(tiny_model_dir, tmp_path / "damaged")
     (path / name).write_text(content)
@@ -271,7 +272,7 @@ def test_a_plain_encoder_with_a_damaged_tokenizer_file_is_one_line(tmp_path, tin
 
     corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": f"p{i}", "title": f"T{i}", "abstract": "A. B."} for i in range(3)])
     with pytest.raises(SystemExit) as done:
-        H.main([f"--model={path}", f"--output_dir={tmp_path / 'out'}", "--queries_file=", f"--corpus={corpus}"])
+        sb.main([f"--model={path}", f"--output_dir={tmp_path / 'out'}", "--queries_file=", f"--corpus={corpus}"])
     assert done.value.code == 2 and capsys.readouterr().err.startswith(f"error: {path}")
 
 
@@ -347,7 +348,7 @@ def test_a_huge_text_is_tokenized_fast_and_in_bounded_memory(tiny_model_dir):
     from conftest import ROOT
 
     # Peak memory from VmHWM (this process's own; ru_maxrss would carry the forking pytest's peak over exec).
-    code = (f"import re, sys, time; sys.path.insert(0, {ROOT!r}); from model import encode, load_model; "
+    code = (f"import re, sys, time; sys.path.insert(0, {ROOT!r}); from semcse.model import encode, load_model; "
             f"m, tok = load_model({tiny_model_dir!r}, 'cpu'); text = 'Graph networks answer questions. ' * 600_000; "
             f"t = time.time(); v = encode(m, tok, [text, 'short'], precision='fp32'); "
             f"peak = int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) // 1024; "

@@ -6,7 +6,7 @@ import torch
 from transformers import AutoModel
 
 import settings
-from model import embed, load_model
+from semcse.model import embed, load_model
 from train_embedding_model import ReconstructionHead, token_weights, training_pairs
 from test_train import interrupt_after, log_of, run
 

@@ -46,8 +46,8 @@ def test_summaries_merge_by_id_keep_distinct_text_and_drop_papers_below_two(tmp_
 
 
 def _fuzz_loaders(path: str) -> list:
-    from llm import compact
-    from semantic_benchmark import load_queries
+    from semcse.llm import compact
+    from semcse.benchmark_tasks import load_queries
 
     return [L.load_corpus, L.load_summaries, lambda p: load_queries(p, {"a"}),
             lambda p: compact(p, "query", "m", "h"), lambda p: list(L.iter_jsonl(p, allow_truncated_tail=True))]
@@ -74,7 +74,7 @@ def test_random_bytes_give_our_clean_error_or_data(tmp_path, blob):
 @given(st.lists(st.one_of(st.text(max_size=20), st.sampled_from(["--metric=", "--batch_size=", "--resume", "--seed=-"])
                           .flatmap(lambda k: st.text(max_size=6).map(lambda v: k + v))), max_size=4))
 def test_random_command_lines_give_our_clean_error_or_settings(argv):
-    import cli
+    from semcse import cli
     import settings
 
     saved = {k: getattr(settings, k) for k in settings._TYPES}
@@ -171,7 +171,7 @@ def test_killed_training_resumes_to_the_end(tmp_path, tiny_model_dir, summaries_
         if rng.random() < 0.3 and last.exists():  # a kill mid-swap: last/ already renamed, the new one not yet in
             shutil.rmtree(str(last) + ".old", ignore_errors=True)  # what a kill during its removal leaves
             os.replace(last, str(last) + ".old")
-        from model import load_model
+        from semcse.model import load_model
 
         load_model(str(last), "cpu")  # never broken (recovered from .old if needed)
         torch.load(last / "training_state.pt", weights_only=True)

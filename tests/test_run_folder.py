@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-import cli
+from semcse import cli
 import settings
 import train_embedding_model as T
 from conftest import write_jsonl

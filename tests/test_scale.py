@@ -7,7 +7,8 @@ import torch
 import torch.multiprocessing as mp
 
 import settings
-from model import embed, load_model
+from semcse.model import embed, load_model
+from semcse.model_setup import training_setup
 from train_embedding_model import contrastive_loss, contrastive_step
 
 BATCH = [(f"p{i}", f"summary a of paper {i} about topic {'xyz'[i % 3]}", f"another text b {i} " * (1 + i % 4))
@@ -18,6 +19,11 @@ def cfg(**kw):
     return settings.resolved(precision="fp32", max_length=32, device="cpu", **kw)
 
 
+def on_cpu(c, model):
+    """The run's model settings, as training builds them once (model_setup.training_setup)."""
+    return training_setup(c, model, torch.device("cpu"))
+
+
 def grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -26,10 +32,12 @@ def grads(model):
 def test_grad_cache_equals_the_plain_loss_without_dropout(tiny_model_dir, metric):
     model, tok = load_model(tiny_model_dir, "cpu")
     model.double().eval()  # float64: equal up to rounding, not float32 summation order; no dropout: the full batch in one pass is the exact reference
-    plain = contrastive_step(model, tok, BATCH, cfg(metric=metric, mini_batch_size=0), torch.device("cpu"))
+    c = cfg(metric=metric, mini_batch_size=0)
+    plain = contrastive_step(model, tok, BATCH, c, on_cpu(c, model))
     ref = grads(model)
     model.zero_grad(set_to_none=True)
-    cached = contrastive_step(model, tok, BATCH, cfg(metric=metric, mini_batch_size=3), torch.device("cpu"))
+    c = cfg(metric=metric, mini_batch_size=3)
+    cached = contrastive_step(model, tok, BATCH, c, on_cpu(c, model))
     got = grads(model)
     assert cached.item() == pytest.approx(plain.item(), rel=1e-5)
     assert ref.keys() == got.keys() and len(ref) > 10
@@ -42,7 +50,7 @@ def test_grad_cache_replays_dropout_masks(tiny_model_dir):
     model.double().train()  # dropout on: each mini-batch must see the same masks in both passes
     c = cfg(mini_batch_size=4)
     torch.manual_seed(3)
-    loss = contrastive_step(model, tok, BATCH, c, torch.device("cpu"))
+    loss = contrastive_step(model, tok, BATCH, c, on_cpu(c, model))
     got = grads(model)
     after = torch.get_rng_state()
 
@@ -68,7 +76,8 @@ def _worker(rank, world, port, model_dir, out_dir, mini):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     model, tok = load_model(model_dir, "cpu")
     model.double().eval()
-    loss = contrastive_step(model, tok, BATCH, cfg(mini_batch_size=mini), torch.device("cpu"))
+    c = cfg(mini_batch_size=mini)
+    loss = contrastive_step(model, tok, BATCH, c, on_cpu(c, model))
     torch.save({"loss": loss, "grads": grads(model)}, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
@@ -77,7 +86,8 @@ def _worker(rank, world, port, model_dir, out_dir, mini):
 def test_two_gloo_processes_equal_one_process(tmp_path, tiny_model_dir, mini):
     model, tok = load_model(tiny_model_dir, "cpu")
     model.double().eval()
-    one = contrastive_step(model, tok, BATCH, cfg(mini_batch_size=0), torch.device("cpu"))
+    c = cfg(mini_batch_size=0)
+    one = contrastive_step(model, tok, BATCH, c, on_cpu(c, model))
     ref = grads(model)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

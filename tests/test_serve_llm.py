@@ -160,7 +160,7 @@ def _split_zip_model(tmp_path, monkeypatch, members: dict) -> str:
     """A zip of `members` cut into two chunk wheels in tmp/parts, registered as registry_models 'tiny-st'."""
     import io
 
-    import registry_models
+    from semcse import registry_models
 
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
@@ -180,7 +180,7 @@ def _split_zip_model(tmp_path, monkeypatch, members: dict) -> str:
 
 
 def test_sentence_transformers_model_from_chunk_packages(tmp_path, monkeypatch, capsys):
-    import registry_models
+    from semcse import registry_models
 
     folder = _split_zip_model(tmp_path, monkeypatch, {"tiny-st/modules.json": "[]", "tiny-st/config.json": "{}"})
     assert registry_models.main(["tiny-st", folder]) == 0
@@ -191,7 +191,7 @@ def test_sentence_transformers_model_from_chunk_packages(tmp_path, monkeypatch, 
 
 
 def test_chunk_packages_with_wrong_hash_or_escaping_paths_are_refused(tmp_path, monkeypatch, capsys):
-    import registry_models
+    from semcse import registry_models
 
     folder = _split_zip_model(tmp_path, monkeypatch, {"../evil.txt": "x" * 200})
     assert registry_models.main(["tiny-st", folder]) == 2
@@ -212,6 +212,6 @@ def test_registry_models_answers_help():
     from conftest import ROOT
 
     for flag in ("--help", "-h"):
-        done = subprocess.run([sys.executable, os.path.join(ROOT, "registry_models.py"), flag], capture_output=True,
+        done = subprocess.run([sys.executable, "-m", "semcse.registry_models", flag], capture_output=True,
                               text=True, cwd=ROOT)
-        assert done.returncode == 0 and "python registry_models.py all-mpnet-base-v2" in done.stdout, done.stderr
+        assert done.returncode == 0 and "python -m semcse.registry_models all-mpnet-base-v2" in done.stdout, done.stderr

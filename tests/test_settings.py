@@ -4,8 +4,8 @@ import json
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
-import cli
-import files
+from semcse import cli
+from semcse import files
 import settings
 
 
@@ -213,7 +213,7 @@ def run_with_edited_settings(tmp_path, old: str, new: str, argv: list[str]):
     text = open(os.path.join(ROOT, "settings.py"), encoding="utf-8").read()
     assert old in text
     (tmp_path / "settings.py").write_text(text.replace(old, new, 1), encoding="utf-8")
-    code = (f"import sys; sys.path[:0] = [{str(tmp_path)!r}, {ROOT!r}]; import cli, settings; "
+    code = (f"import sys; sys.path[:0] = [{str(tmp_path)!r}, {ROOT!r}]; import settings; from semcse import cli; "
             f"cli.cli(lambda: print('resolved', settings.resolved().temperature), argv=sys.argv[1:])")
     return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=str(tmp_path))
 

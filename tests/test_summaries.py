@@ -8,7 +8,7 @@ from fake_openai_server import FakeOpenAIServer
 from test_generation import cfg_for, lines, make_corpus, run_script
 
 import generate_train_summaries as gs
-import llm
+from semcse import llm
 
 PAPER = {"id": "p", "title": "Graph Networks for Protein Folding",
          "abstract": "Proteins fold into shapes that decide their function. We train graph networks on known "

@@ -7,10 +7,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import cli
+from semcse import cli
 import settings
 
-from model import saved_scoring
+from semcse.model import saved_scoring
 from train_embedding_model import TrainingError, train_embedding_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -114,7 +114,7 @@ def test_early_stopping_stops_after_patience(tmp_path, tiny_model_dir, summaries
 
 def test_a_non_finite_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_path, tiny_model_dir, summaries_file,
                                                                              monkeypatch):
-    import contrastive as C
+    from semcse import contrastive as C
     import train_embedding_model as T
 
     calls = {"n": 0}
@@ -205,7 +205,7 @@ def test_resume_refuses_other_settings_or_data_by_name(tmp_path, tiny_model_dir,
 
 
 def test_two_trainings_of_one_save_name_cannot_share_its_folder(tmp_path, tiny_model_dir, summaries_file):
-    from run_folder import locked
+    from semcse.run_folder import locked
 
     with locked(str(tmp_path / "busy")):  # what another training holds while it runs
         with pytest.raises(TrainingError, match=rf"busy/lock: another training \(pid {os.getpid()}\) is using this run "
@@ -221,7 +221,7 @@ def test_a_full_disk_while_saving_stops_in_one_line_and_leaves_no_tmp(tmp_path, 
     import errno
 
     import train_embedding_model as T
-    from model import load_model
+    from semcse.model import load_model
 
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -251,7 +251,7 @@ def test_an_epoch_without_batches_stops_instead_of_looping(tmp_path, tiny_model_
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_a_device_that_is_not_there_is_named(tmp_path, tiny_model_dir, summaries_file):
-    from model import ModelError
+    from semcse.model import ModelError
 
     with pytest.raises(ModelError, match=r"setting 'device': cuda is not available here \(0 CUDA devices\)"):
         run(tmp_path, "gpu", tiny_model_dir, summaries_file, device="cuda")

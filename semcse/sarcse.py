@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import tokenize
+from semcse.model import tokenize
 
 
 class ReconstructionHead(nn.Module):

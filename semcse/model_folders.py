@@ -17,8 +17,8 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Transformer
 from transformers import AutoModel, PreTrainedModel
 
-import files
 import settings
+from semcse import files
 
 # Files that hold a tokenizer's vocabulary; without one, transformers builds a 5-token tokenizer that
 # maps every word to [UNK] (and scores chance) instead of failing.

@@ -9,8 +9,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import openai
 
-import cli
 import settings
+from semcse import cli
 from settings import Config, SettingsError
 
 NO_KEY = "no-key"  # local servers need no key, but the openai client refuses to start without one

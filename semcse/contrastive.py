@@ -9,17 +9,21 @@ import torch
 import torch.nn.functional as F
 
 import settings
-from settings import Config, SettingsError
-from distributed import gather_pairs, shard, sum_gradients, world_and_rank
 from load_data import make_pairs
-from model import autocast, embed, resolve_model_settings, similarity, tokenize, transformer_of
-from sarcse import ReconstructionHead
+from semcse.distributed import gather_pairs, shard, sum_gradients, world_and_rank
+from semcse.model import autocast, embed, similarity, tokenize, transformer_of
+from semcse.model_setup import ModelSetup
+from semcse.sarcse import ReconstructionHead
+from settings import Config, SettingsError
 
 
 def contrastive_step(model: torch.nn.Module, tokenizer, batch: list[tuple[str, str, str]], cfg: Config,
-                     device: torch.device, scaler: torch.amp.GradScaler | None = None,
+                     setup: ModelSetup, scaler: torch.amp.GradScaler | None = None,
                      head: ReconstructionHead | None = None) -> torch.Tensor:
     """Forward and backward of one contrastive batch of pairs (paper id, a, b); returns the loss.
+
+    `setup`: the run's model settings (metric, max_length, precision, device; model_setup.training_setup);
+    `cfg`: the training settings (temperature, mini_batch_size, reconstruction_weight).
 
     Leaves in each parameter's .grad the gradient of the loss over the *global* batch:
     - Several processes (torchrun): this process embeds only its contiguous shard of the pairs; the
@@ -31,17 +35,16 @@ def contrastive_step(model: torch.nn.Module, tokenizer, batch: list[tuple[str, s
       Memory then grows with mini_batch_size, not with batch_size; the result equals the plain loss.
     - SARCSE (`head` given): adds reconstruction_weight * the head's loss on this process's texts.
     """
-    cfg = resolve_model_settings(cfg, model)  # "auto": the model's own metric
     world, rank = world_and_rank()
     mine, sizes = shard(batch, world, rank)
     texts = [p[1] for p in mine] + [p[2] for p in mine]  # [a_1..a_m, b_1..b_m]: 2m texts
     aux = []  # SARCSE's reconstruction loss of each forward pass
 
     def forward(chunk: list[str]) -> torch.Tensor:  # [len(chunk), dim] float32
-        enc = tokenize(tokenizer, chunk, cfg.max_length, padding=True, return_tensors="pt")
-        pin = device.type == "cuda"
-        enc = {k: (v.pin_memory() if pin else v).to(device, non_blocking=True) for k, v in enc.items()}
-        with autocast(device, cfg.precision):
+        enc = tokenize(tokenizer, chunk, setup.max_length, padding=True, return_tensors="pt")
+        pin = setup.device.type == "cuda"
+        enc = {k: (v.pin_memory() if pin else v).to(setup.device, non_blocking=True) for k, v in enc.items()}
+        with autocast(setup.device, setup.precision):
             if head is None:
                 return embed(model, enc).float()  # through all the model's modules
             features = model(dict(enc))  # all modules; the last layer's token states stay in it
@@ -54,7 +57,7 @@ def contrastive_step(model: torch.nn.Module, tokenizer, batch: list[tuple[str, s
         raise SettingsError("objective=sarcse does not combine with GradCache: set mini_batch_size=0")
     local, replay = grad_cache(forward, texts, size) if size < len(texts) else (forward(texts), None)
     a, b = gather_pairs(local, sizes, rank)
-    loss = contrastive_loss(a, b, cfg.metric, settings.temperature_for(cfg))
+    loss = contrastive_loss(a, b, setup.metric, settings.temperature_for(cfg))
     if aux:  # each process adds its share, so the summed gradient is that of the mean over processes
         loss = loss + cfg.reconstruction_weight * aux[0] / world
     (scaler.scale(loss) if scaler is not None else loss).backward()

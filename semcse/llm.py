@@ -30,12 +30,12 @@ from typing import Any, Callable, Iterator
 import openai
 from tqdm import tqdm
 
-from settings import Config
-from llm_client import (GenerationError, apply_environment, check_settings, command_line,  # noqa: F401
-                        dry_run_request, make_client, public_url, redact, request_body, server_host)
-from llm_files import check_own_file, compact, compact_failures, done_ids, save_run_settings, sibling
-from llm_workers import DaemonPool, StopOnCtrlC, completed
 from load_data import DataError, append_jsonl, iter_corpus, repair_tail
+from semcse.llm_client import (GenerationError, apply_environment, check_settings, command_line,  # noqa: F401
+                               dry_run_request, make_client, public_url, redact, request_body, server_host)
+from semcse.llm_files import check_own_file, compact, compact_failures, done_ids, save_run_settings, sibling
+from semcse.llm_workers import DaemonPool, StopOnCtrlC, completed
+from settings import Config
 
 class InvalidOutput(ValueError):
     """The model answered, but not with what we asked for; worth another try (the model is told why).

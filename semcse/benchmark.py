@@ -1,5 +1,6 @@
-"""The benchmark's harness: embedders (with an embedding cache), resumable results files, the table,
-the map and the command line. The science (tasks, metrics, Perf.) is in semantic_benchmark.py.
+"""The benchmark's harness: the models of a run (embedders, with an embedding cache), resumable results
+files, and a run from corpus to table and map. The science (tasks, metrics, Perf.) is benchmark_tasks.py,
+the results files, table and map benchmark_results.py; the command line is semantic_benchmark.py.
 
 Outputs in output_dir/benchmark/<corpus name>/ (…-<metric> when --metric forces one): <model>.json
 (rewritten after each task; a rerun keeps tasks already scored with the same weights, scoring, data
@@ -14,7 +15,6 @@ import hashlib
 import json
 import os
 import platform
-import sys
 import time
 from importlib import metadata
 from typing import Iterable, Iterator
@@ -22,17 +22,17 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-import cli
-import files
 import settings
-from settings import Config
-from benchmark_results import (Skipped, describe_scoring, display_names, draw_map, map_problem,  # noqa: F401
-                               model_identity, read_results, results_path, results_table)
 from load_data import DataError, at_least_two, ensure_default_data, load_corpus
-from model import (ModelError, check_max_length, default_max_length, encode, find_model, for_scoring, load_model,
-                   saved_scoring, scoring_of, set_pooling)
-from semantic_benchmark import (TASKS, load_queries, paper_text, perf_scores, task_abstract_segments,
-                                task_clustering, task_query, task_sts_b, task_title_abstract)
+from semcse import files
+from semcse.benchmark_results import (Skipped, describe_scoring, display_names, draw_map, map_problem,  # noqa: F401
+                                      model_identity, read_results, results_path, results_table)
+from semcse.benchmark_tasks import (TASKS, load_queries, paper_text, perf_scores, task_abstract_segments,
+                                    task_clustering, task_query, task_sts_b, task_title_abstract)
+from semcse.model import (ModelError, encode, find_model, for_scoring, load_model, saved_scoring, scoring_of,
+                          set_pooling)
+from semcse.model_setup import ModelSetup, scoring_setup
+from settings import Config
 
 ACLSUM_CORPUS = os.path.join("data", "benchmark_corpus.jsonl")  # built by load_data.ensure_default_data
 
@@ -103,17 +103,18 @@ def queries_to_use(cfg: Config, queries_file: str | None = None) -> str:
 class ModelEmbedder:
     """A sentence-transformers model behind model.encode(), ranked with its own similarity (or the
     run's forced metric). Embeddings are cached on disk; a cache entry is used only if it has the
-    right shape and finite values, and only finite encodes of the right shape are written."""
+    right shape and finite values, and only finite encodes of the right shape are written.
 
-    def __init__(self, name: str, model, tokenizer, cfg: Config, role: str = "", path: str = ""):
+    `setup`: how it is scored in this run (model_setup.scoring_setup; built here when not given)."""
+
+    def __init__(self, name: str, model, tokenizer, cfg: Config, role: str = "", path: str = "",
+                 setup: ModelSetup | None = None):
         self.name, self.model, self.tokenizer, self.cfg, self.role = name, model, tokenizer, cfg, role
         self.path, self.sep = path or getattr(model, "name_or_path", ""), tokenizer.sep_token or " "
         self.params = sum(p.numel() for p in model.parameters())
-        if cfg.benchmark_max_length:
-            check_max_length(model, cfg.benchmark_max_length, "benchmark_max_length")
-        self.max_length = cfg.benchmark_max_length or default_max_length(model)
+        self.setup = setup or scoring_setup(cfg, model)
+        self.max_length, self.metric = self.setup.scoring_max_length, self.setup.metric
         forced = cfg.metric != "auto"
-        self.metric = cfg.metric if forced else model.similarity_fn_name
         self.scoring = {**scoring_of(model, self.max_length), "similarity": self.metric, "forced": forced}
         self.overwrite, self._fresh = False, set()
         # Identity = the weights themselves (a hash of every tensor's bytes, ~0.2 s per 100M params)
@@ -123,10 +124,11 @@ class ModelEmbedder:
         for k, t in sorted(model.state_dict().items()):
             h.update(k.encode())
             h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        # The precision as set ("auto" too), as cache entries and results files have always been keyed.
         modules = [(type(m).__name__, m.get_config_dict() if hasattr(m, "get_config_dict") else {}) for m in model]
         self.key = {"fingerprint": h.hexdigest(), "modules": json.loads(json.dumps(modules, default=str)),
                     "scoring": self.scoring, "precision": cfg.precision, "encode_batch_size": cfg.encode_batch_size,
-                    "device": next(model.parameters()).device.type}
+                    "device": self.setup.device.type}
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """[len(texts), dim] float32, from the cache or encode()."""
@@ -138,7 +140,7 @@ class ModelEmbedder:
             if arr is not None:
                 return arr
         arr = encode(self.model, self.tokenizer, texts, self.cfg.encode_batch_size, self.max_length,
-                     self.cfg.precision)
+                     self.setup.precision)
         if arr.shape != (len(texts), dim) or not np.isfinite(arr).all():
             raise ModelError(f"{self.path}: encoding gave {arr.shape} vectors with non-finite values or the wrong "
                              f"shape (want {(len(texts), dim)}); nothing cached (try --precision=fp32)")
@@ -248,7 +250,7 @@ def _versions() -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Command line
+# The models of a command-line run
 
 
 def cli_embedders(model: str, baselines: bool, corpus_file: str, cfg: Config) -> Iterator:
@@ -299,19 +301,19 @@ def _load_each(specs: list[tuple[str, str, str, bool]], names: list[str], absent
             yield Skipped(name, why, role)
             continue
         try:
-            m, tok = load_for_scoring(path, pooling, role, trained, cfg)
+            m, tok, setup = load_for_scoring(path, pooling, role, trained, cfg)
         except ModelError as e:
             if given:
                 raise
             yield Skipped(name, str(e), role)
             continue
-        yield ModelEmbedder(name, m, tok, cfg, role=role, path=path)
+        yield ModelEmbedder(name, m, tok, cfg, role=role, path=path, setup=setup)
 
 
 def load_for_scoring(path: str, pooling: str, role: str, trained: str, cfg: Config):
-    """load_model for the benchmark, weights cast for scoring (model.for_scoring): the base encoder takes
-    the trained model's pooling and similarity (so both are scored alike); an explicit --pooling applies
-    to plain encoders only."""
+    """(model, tokenizer, its ModelSetup): load_model for the benchmark, weights cast for scoring
+    (model.for_scoring) in the setup's precision. The base encoder takes the trained model's pooling and
+    similarity (so both are scored alike); an explicit --pooling applies to plain encoders only."""
     if role == "base" and os.path.isdir(trained):
         own = saved_scoring(trained, cfg.offline)  # pooling, similarity and normalization of the trained model
         m, tok = load_model(path, cfg.device, pooling=own["pooling"], metric=own["metric"],
@@ -320,23 +322,5 @@ def load_for_scoring(path: str, pooling: str, role: str, trained: str, cfg: Conf
         m, tok = load_model(path, cfg.device, offline=cfg.offline, trust_remote_code=cfg.trust_remote_code)
         if pooling not in ("auto", "") and m.plain_encoder:
             set_pooling(m, pooling)
-    return for_scoring(m, cfg.precision), tok
-
-
-def _main(model: str = "", corpus: str = "", queries: str = "", baselines: bool = False, overwrite: bool = False,
-          sts: bool = False) -> None:
-    if not model and not baselines:
-        raise settings.SettingsError("give --model=PATH_OR_NAME and/or --baselines")
-    cfg = settings.resolved()
-    corpus = corpus or cfg.benchmark_corpus_file
-    run_benchmark(cli_embedders(model, baselines, corpus, cfg), cfg, corpus, queries or None, overwrite, sts)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python semantic_benchmark.py ...`: the command line (see semantic_benchmark.py's docstring)."""
-    cli.cli(_main, flags={"model": "", "corpus": "", "queries": "", "baselines": False, "overwrite": False,
-                               "sts": False}, argv=cli.join_space_values(sys.argv[1:] if argv is None else argv))
-
-
-if __name__ == "__main__":
-    main()
+    setup = scoring_setup(cfg, m)  # how it is scored in this run, decided once
+    return for_scoring(m, setup.precision), tok, setup

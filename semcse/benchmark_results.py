@@ -1,6 +1,6 @@
 """The benchmark's results files and report: a file per model (named uniquely, read back and checked
-like any input), the markdown table and the t-SNE map. Scoring is in benchmark_harness.py, the tasks
-in semantic_benchmark.py."""
+like any input), the markdown table and the t-SNE map. Scoring is in benchmark.py, the tasks in
+benchmark_tasks.py."""
 from __future__ import annotations
 
 import hashlib
@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-import files
-from model import short_name
-from semantic_benchmark import COLUMNS, TASKS
+from semcse import files
+from semcse.benchmark_tasks import COLUMNS, TASKS
+from semcse.model import short_name
 
 RANK_TASKS = ("title_abstract", "abstract_segments", "query")
 MIN_MAP_PAPERS = 2  # t-SNE needs two points (its perplexity is below the number of points)

@@ -8,7 +8,8 @@ where "auto" means CLS pooling and the Euclidean distance (the released SemCSE's
 list of texts (validation, the benchmark); similarity.py holds the one similarity that the loss
 and all scoring use (re-exported here). Saved models are sentence-transformers folders, so
 `SentenceTransformer(path).encode()` gives the same vectors, and `AutoModel.from_pretrained(path)`
-loads the encoder.
+loads the encoder. How a model runs in one run (its pooling, similarity, lengths, precision, device) is
+decided once, as a model_setup.ModelSetup; the functions here take its values.
 """
 from __future__ import annotations
 
@@ -28,18 +29,18 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-import files
 import settings
-from settings import Config, SettingsError
-from model_folders import (ModelError, check_tokenizer, check_tokenizer_files, disk_problem, find_model,  # noqa: F401
-                           is_sentence_transformers_folder, load_encoder, load_modules, module_list,
-                           plain_transformer, position_limit, reusing, saved_scoring)
-from similarity import METRICS, block_rows, partner_ranks, similarity, similarity_blocks  # noqa: F401 -- re-exported
+from semcse import files
+from semcse.model_folders import (ModelError, check_tokenizer, check_tokenizer_files,  # noqa: F401 -- re-exported
+                                  disk_problem, find_model, is_sentence_transformers_folder, load_encoder,
+                                  load_modules, module_list, plain_transformer, position_limit, reusing,
+                                  saved_scoring)
+from semcse.similarity import (METRICS, block_rows, partner_ranks, similarity,  # noqa: F401 -- re-exported
+                               similarity_blocks)
+from settings import SettingsError
 
 hf_logging.disable_progress_bar()
 hf_logging.set_verbosity_error()
-
-TRAINING_METRICS = ("cosine", "euclidean")  # the setting 'metric' (the benchmark also ranks by "dot")
 
 
 def load_model(name_or_path: str, device: str = "auto", pooling: str = "auto", metric: str = "auto", *,
@@ -100,27 +101,10 @@ def save_model(model: SentenceTransformer, path: str, training_state: dict | Non
     return path
 
 
-def resolve_model_settings(cfg: Config, model: SentenceTransformer | str) -> Config:
-    """`cfg` with pooling and metric "auto" replaced by the model's own (a loaded model, or a folder or
-    name, read from its files without loading weights): what training builds and saves."""
-    if cfg.pooling != "auto" and cfg.metric != "auto":
-        return cfg
-    if isinstance(model, str):
-        own = saved_scoring(model, cfg.offline)
-    else:
-        model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
-        own = {"pooling": pooling_of(model), "metric": model.similarity_fn_name}
-    if cfg.metric == "auto" and own["metric"] not in TRAINING_METRICS:
-        raise ModelError(f"{model if isinstance(model, str) else _name(model)}: its similarity is '{own['metric']}' "
-                         f"(similarity_fn_name); training and its validation support {' and '.join(TRAINING_METRICS)}: "
-                         f"choose one with --metric")
-    return cfg.replace(**{k: own[k] for k in ("pooling", "metric") if getattr(cfg, k) == "auto"})
-
-
 def scoring_of(model: SentenceTransformer, max_length: int | None = None) -> dict:
     """How a model embeds and compares: its pooling, similarity, normalization, max length, modules."""
     return {"pooling": pooling_of(model), "similarity": model.similarity_fn_name,
-            "normalized": any(isinstance(m, Normalize) for m in model),
+            "normalized": is_normalized(model),
             "max_length": max_length or default_max_length(model),
             "modules": [type(m).__name__ for m in model], "dim": model.get_embedding_dimension()}
 
@@ -130,6 +114,11 @@ def pooling_of(model: SentenceTransformer) -> str:
     return "+".join(modes[0]) if modes and not isinstance(modes[0], str) else (modes[0] if modes else "none")
 
 
+def is_normalized(model: SentenceTransformer) -> bool:
+    """Whether the pipeline ends with unit vectors (it has a Normalize module)."""
+    return any(isinstance(m, Normalize) for m in model)
+
+
 def set_pooling(model: SentenceTransformer, pooling: str, label: str = "") -> None:
     """Replace the model's Pooling module by one of `pooling` ("cls", "mean", ...), same dimension."""
     for name, module in model.named_children():
@@ -137,7 +126,7 @@ def set_pooling(model: SentenceTransformer, pooling: str, label: str = "") -> No
             if module.pooling_mode != pooling:
                 model._modules[name] = Pooling(module.embedding_dimension, pooling_mode=pooling)
             return
-    raise ModelError(f"{label or _name(model)}: has no Pooling module to set to '{pooling}'")
+    raise ModelError(f"{label or name_of(model)}: has no Pooling module to set to '{pooling}'")
 
 
 def set_normalize(model: SentenceTransformer, normalize: bool) -> bool:
@@ -167,7 +156,7 @@ def check_max_length(model: SentenceTransformer, max_length: int, setting: str) 
     at start-up, before a long text fails deep inside torch (or a run folder was written)."""
     limit = position_limit(transformer_of(model))
     if max_length > limit:
-        raise SettingsError(f"setting '{setting}' is {max_length}, beyond the position limit of {_name(model)} "
+        raise SettingsError(f"setting '{setting}' is {max_length}, beyond the position limit of {name_of(model)} "
                             f"({limit} tokens): set it to at most {limit}")
 
 
@@ -188,10 +177,10 @@ def embed(model: SentenceTransformer, batch: dict[str, torch.Tensor], pooling: s
     With grad for training, without for encode(). `pooling`, if given, must be the model's own (it is
     a module of the model, not a choice made here)."""
     if pooling is not None and pooling != pooling_of(model):
-        raise ModelError(f"{_name(model)}: pools by '{pooling_of(model)}', not '{pooling}'")
+        raise ModelError(f"{name_of(model)}: pools by '{pooling_of(model)}', not '{pooling}'")
     tokens, limit = batch["input_ids"].shape[1], position_limit(transformer_of(model))
     if tokens > limit:  # beyond it the position embeddings fail deep inside torch with an index error
-        raise SettingsError(f"a text of {tokens} tokens is longer than {_name(model)}'s position limit "
+        raise SettingsError(f"a text of {tokens} tokens is longer than {name_of(model)}'s position limit "
                             f"{limit}: set max_length (training) or benchmark_max_length to at most {limit}")
     return model(dict(batch))["sentence_embedding"]
 
@@ -262,9 +251,10 @@ def _longest_token(tokenizer: PreTrainedTokenizerBase) -> int:
 
 def for_scoring(model: SentenceTransformer, precision: str = "auto") -> SentenceTransformer:
     """Cast a model that is only scored from here on to bf16 weights where encode() would autocast to
-    bf16 (resolve_precision): no per-call weight casts and half the weight memory (bench/encode.py
-    measures both). A model still being trained keeps fp32 weights; encode() then autocasts."""
-    if resolve_precision(next(model.parameters()).device.type, precision) == "bf16":
+    bf16 (`precision`: a ModelSetup's, or the setting for resolve_precision): no per-call weight casts and
+    half the weight memory (bench/encode.py measures both). A model still being trained keeps fp32
+    weights; encode() then autocasts."""
+    if chosen_precision(next(model.parameters()).device.type, precision) == "bf16":
         model.to(torch.bfloat16)
     return model
 
@@ -280,6 +270,9 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+PRECISIONS = ("bf16", "fp16", "fp32")  # what resolve_precision chooses; a ModelSetup holds one
+
+
 @functools.cache
 def resolve_precision(device_type: str, precision: str = "auto") -> str:
     """The precision forward passes run in on `device_type`: "bf16", "fp16" or "fp32".
@@ -288,9 +281,8 @@ def resolve_precision(device_type: str, precision: str = "auto") -> str:
     (with loss scaling in training); on a CPU bf16 only where it is native (AVX512-BF16 or AMX, as
     torch reports the CPU) *and* a short measurement confirms it beats fp32, else fp32. An AVX2-only CPU
     emulates bf16: a MiniLM training step took 115-121 s in bf16 against 5-7 s in fp32. Decided once
-    per process and printed once, with the reason."""
-    if precision == "fp16" and device_type != "cuda":
-        raise ModelError("setting 'precision': fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+    per process and printed once, with the reason (a ModelSetup is built with it, once per run)."""
+    _check_fp16(device_type, precision)
     if precision != "auto":
         chosen, why = precision, "set by the setting 'precision'"
     elif device_type == "cuda":
@@ -302,6 +294,20 @@ def resolve_precision(device_type: str, precision: str = "auto") -> str:
         chosen, why = _cpu_precision()
     print(f"precision: {chosen} on {device_type} ({why})")
     return chosen
+
+
+def chosen_precision(device_type: str, precision: str) -> str:
+    """The precision forward passes run in: `precision` itself once resolved ("bf16", "fp16", "fp32": a
+    ModelSetup's, taken as it is, not announced again), else resolve_precision's choice for the setting."""
+    if precision not in PRECISIONS:
+        return resolve_precision(device_type, precision)
+    _check_fp16(device_type, precision)
+    return precision
+
+
+def _check_fp16(device_type: str, precision: str) -> None:
+    if precision == "fp16" and device_type != "cuda":
+        raise ModelError("setting 'precision': fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
 
 
 def _cpu_precision() -> tuple[str, str]:
@@ -332,12 +338,14 @@ def _matmul_ms(dtype: torch.dtype, repeats: int = 5) -> float:
 
 
 def autocast(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
-    """Mixed precision for forward passes in resolve_precision's choice: bf16 or fp16 autocast, or none."""
-    chosen = resolve_precision(device.type, precision)
+    """Mixed precision for forward passes in `precision` (chosen_precision: a ModelSetup's, or the setting's
+    choice): bf16 or fp16 autocast, or none."""
+    chosen = chosen_precision(device.type, precision)
     if chosen == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if chosen == "bf16" else torch.float16)
 
 
-def _name(model) -> str:
+def name_of(model) -> str:
+    """The model's name for messages: what the user called it (load_model), else "the model"."""
     return getattr(model, "name_or_path", None) or "the model"

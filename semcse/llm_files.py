@@ -17,10 +17,10 @@ import sys
 from datetime import datetime, timezone
 from typing import Any
 
-import files
 import settings
-from settings import Config
 from load_data import DataError, iter_records, keep_lines
+from semcse import files
+from settings import Config
 
 # Every line a generator writes carries these (llm.Caller._record); a file of papers or of human
 # summaries has none of them. "prompt" is "<prompt name>/v<version>": the name tells the generators apart.
