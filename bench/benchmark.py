@@ -46,7 +46,7 @@ def one_size(n: int, cfg: dict, queue) -> None:
     from load_data import ensure_default_data, load_corpus
 
     settings.update(**cfg)
-    paths = ensure_default_data()
+    paths = ensure_default_data(settings.data_dir)
     base = load_corpus(paths["train_corpus"]) + load_corpus(paths["benchmark_corpus"])
     corpus = [{"id": f"{i}", "title": f"{base[i % len(base)]['title']} (variant {i // len(base)})",
                "abstract": f"{base[i % len(base)]['abstract']} Variant {i // len(base)}.", "label": f"c{i % 9}"}
@@ -64,9 +64,9 @@ def one_size(n: int, cfg: dict, queue) -> None:
                "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
 
 
-if __name__ == "__main__":
-    flags = cli.parse_command_line(flags={"sizes": "1000,5000,20000"})
-    rows = [run_in_child(one_size, int(n), settings.resolved().as_dict()) for n in flags["sizes"].split(",")]
+def main(sizes: str = "1000,5000,20000") -> None:
+    """Score a cheap embedder on growing synthetic corpora and print time and peak memory per size."""
+    rows = [run_in_child(one_size, int(n), settings.resolved().as_dict()) for n in sizes.split(",")]
     print(f"\nbenchmark scoring, metric {settings.metric if settings.metric != 'auto' else 'euclidean'}, k={settings.knn_k}, cpu ({os.cpu_count()} cores)")
     print("| papers | total s | title-abstract s | segments s | query s | clustering s | peak RSS MiB | "
           "full n x n float64 matrix MiB |\n|---|---|---|---|---|---|---|---|")
@@ -77,3 +77,7 @@ if __name__ == "__main__":
     a, b = rows[0], rows[-1]
     print(f"growth {a['n']} -> {b['n']} papers ({b['n'] / a['n']:.0f}x): time x{b['seconds'] / a['seconds']:.1f}, "
           f"peak memory x{b['peak_mb'] / a['peak_mb']:.1f} (a full n x n matrix would grow x{(b['n'] / a['n']) ** 2:.0f})")
+
+
+if __name__ == "__main__":
+    cli.cli(main, flags={"sizes": "1000,5000,20000"})

@@ -18,6 +18,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from semcse import cli  # noqa: E402
 
 WORDS = ("graph speech vision parsing translation retrieval summary dialogue sentiment entity model method "
          "results data training learning neural network task benchmark corpus language").split()
@@ -63,11 +64,11 @@ def one(way: str, path: str) -> dict:
             "batch_ms": round(batch_ms, 2)}
 
 
-def main() -> None:
-    if sys.argv[1:2] == ["--one"]:
-        print(json.dumps(one(sys.argv[2], sys.argv[3])))
+def main(papers: int = 350_000, one_way: str = "", path: str = "") -> None:
+    """Time each way of reading `papers` x 4 summaries, each in a fresh process (--one_way: that process)."""
+    if one_way:
+        print(json.dumps(one(one_way, path)))
         return
-    papers = int(next((a.split("=")[1] for a in sys.argv[1:] if a.startswith("--papers=")), 350_000))
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "summaries.jsonl")
         write_file(path, papers)
@@ -75,7 +76,7 @@ def main() -> None:
         print("| way | load (s) | peak RSS above imports (MiB) | one batch of 32 papers (ms) |")
         print("|---|---|---|---|")
         for way in ("lists", "arrow"):
-            out = subprocess.run([sys.executable, __file__, "--one", way, path], capture_output=True, text=True)
+            out = subprocess.run([sys.executable, __file__, f"--one_way={way}", f"--path={path}"], capture_output=True, text=True)
             if out.returncode:
                 print(f"| {way} | failed: {out.stderr.strip().splitlines()[-1]} |")
                 continue
@@ -84,4 +85,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.cli(main, flags={"papers": 350_000, "one_way": "", "path": ""})

@@ -30,6 +30,7 @@ sys.path.insert(0, ROOT)
 import generate_search_queries  # noqa: E402
 import generate_train_summaries  # noqa: E402
 import settings  # noqa: E402
+from semcse import cli  # noqa: E402
 from load_data import iter_corpus, iter_jsonl  # noqa: E402
 
 
@@ -105,13 +106,18 @@ def _completion_tokens(path: str) -> int:
     return sum((r.get("usage") or {}).get("completion_tokens") or 0 for _, r in iter_jsonl(path))
 
 
+def main(papers: int = 0, latencies: str = "0,0.05", concurrency: str = "1,32", base_url: str = "", slots: int = 4,
+         model: str = "qwen2.5-coder-1.5b-instruct-q4_k_m", corpus: str = os.path.join(ROOT, "data", "arxiv_train.jsonl")
+         ) -> None:
+    """The fake-server benchmark, or with --base_url a real server's (papers: 200 / 8 when 0)."""
+    if base_url:
+        bench_server(base_url, papers=papers or 8, slots=slots, model=model, corpus=corpus)
+        return
+    bench(papers=papers or 200, latencies=tuple(float(x) for x in latencies.split(",")),
+          concurrency=tuple(int(x) for x in concurrency.split(",")))
+
+
 if __name__ == "__main__":
-    opts = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
-    if "base_url" in opts:
-        bench_server(opts["base_url"], papers=int(opts.get("papers", 8)), slots=int(opts.get("slots", 4)),
-                     model=opts.get("model", "qwen2.5-coder-1.5b-instruct-q4_k_m"),
-                     corpus=opts.get("corpus", os.path.join(ROOT, "data", "arxiv_train.jsonl")))
-        sys.exit(0)
-    bench(papers=int(opts.get("papers", 200)),
-          latencies=tuple(float(x) for x in opts.get("latencies", "0,0.05").split(",")),
-          concurrency=tuple(int(x) for x in opts.get("concurrency", "1,32").split(",")))
+    cli.cli(main, flags={"papers": 0, "latencies": "0,0.05", "concurrency": "1,32", "base_url": "", "slots": 4,
+                         "model": "qwen2.5-coder-1.5b-instruct-q4_k_m",
+                         "corpus": os.path.join(ROOT, "data", "arxiv_train.jsonl")})

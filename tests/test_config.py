@@ -1,5 +1,6 @@
 """One configuration, passed down: overrides given as function arguments reach model loading, training
 validation and benchmark scoring; `offline` holds per call; Title-Abstract validation; --help."""
+import glob
 import json
 import os
 import subprocess
@@ -131,3 +132,14 @@ def test_help_lists_options_and_every_setting_with_its_comment(script, own):
             assert f"--{name}=" in done.stdout
         assert "--select_best_by='title_abstract'    which validation score picks best/" in done.stdout
         assert "(3.33 -> 7.26)" in done.stdout  # continuation lines of a comment are kept
+
+
+@pytest.mark.parametrize("script", sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "bench", "*.py"))
+                                          if not p.endswith(("common.py", "reproduce_report.py"))))  # modules, not scripts
+def test_every_bench_script_answers_help(script):
+    """A bench script runs through cli.cli like the others: --help shows its own options, exit 0 (a script that
+    parsed its command line by hand answered --help with a traceback)."""
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "bench", script), "--help"], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "options: --key=value" in done.stdout and "--batch_size" in done.stdout
