@@ -17,7 +17,6 @@ precision (its defaults; in bf16 the model loaded with model_kwargs={"dtype": to
 The last lines are the speed ratios and the smallest cosine between the two sides' vectors.
 """
 import os
-import resource
 import statistics
 import sys
 import time
@@ -25,7 +24,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from semcse import cli  # noqa: E402
 import settings  # noqa: E402
-from common import run_in_child  # noqa: E402
+from common import min_cosine, peak_mb, run_in_child  # noqa: E402
 
 
 def texts(n: int) -> list[str]:
@@ -66,16 +65,8 @@ def run_side(side: str, precision: str, cfg: dict, repeats: int, n: int, queue) 
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
-    peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    queue.put({"seconds": statistics.median(times), "peak_mb": peak / 2**20, "n": len(data),
+    queue.put({"seconds": statistics.median(times), "peak_mb": peak_mb(), "n": len(data),
                "emb": np.asarray(torch.as_tensor(emb).float(), dtype=np.float32)})
-
-
-def min_cosine(a, b) -> float:
-    import numpy as np
-
-    return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
 
 
 def main(repeats: int = 3, n_texts: int = 256) -> None:

@@ -14,14 +14,13 @@ ratio of pairs per second.
 """
 import os
 import random
-import resource
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from semcse import cli  # noqa: E402
 import settings  # noqa: E402
-from common import run_in_child  # noqa: E402
+from common import peak_mb, run_in_child  # noqa: E402
 
 WARMUP = 3
 
@@ -33,14 +32,6 @@ def pairs(n: int) -> list[tuple[str, str, str]]:
     counts = {pid: len(texts) for pid, texts in s.items()}
     ps = [(pid, s[pid][i], s[pid][j]) for pid, i, j in make_pairs(counts, random.Random(0))]
     return (ps * (n // len(ps) + 1))[:n]
-
-
-def peak_mb() -> float:
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def ours(cfg: dict, steps: int, queue) -> None:
