@@ -4,7 +4,7 @@ the data-size curve. One command, resumable:
     python bench/reproduce.py [--phase=all] [--workers=1] [--out=output/reproduce] [--shared=../shared/data]
                               [--mpnet=PATH] [--seeds=3] [--budget_pairs=3200] [--precision=fp32] [--device=auto]
 
-Phases (all = sweep, table, curve, report):
+Phases (all = sweep, table, curve, longer, report):
 - sweep: every training family (SemCSE = MiniLM's own mean pooling + cosine; the paper's CLS + Euclidean;
   CLS + cosine) is trained on the LLM summaries with seed 0 over a grid of learning rate, temperature and
   batch size, all at one budget of summary pairs (steps = budget_pairs / batch_size, the budget the default
@@ -16,6 +16,9 @@ Phases (all = sweep, table, curve, report):
   three corpora (CORPORA); -> benchmark/<corpus>/<job>.json
 - curve: SemCSE at max_train_papers 250/500/1000/2000 (the table's row is all of them) and with 2 of the
   4 summaries a paper (one pair) at equal steps.
+- longer: validation only, one seed: does a budget beyond the 3,200 pairs change the picture? (LONGER: the
+  paper's setting at the learning rate whose validation was still recovering when its 100 steps ended, five
+  times longer, ten validations)
 - report: bench/reproduce_report.py writes the tables and figure (docs/reproduction.md, docs/*.png).
 
 A job is one training run (output/reproduce/runs/<job>/) or one untrained model, then its scores; a job
@@ -53,6 +56,9 @@ GRIDS = {"semcse": list(itertools.product((1e-5, 3e-5, 1e-4), (0.05, 0.1), (32, 
          "cls_euclidean": list(itertools.product((3e-5, 1e-4, 3e-4), (0.05, 0.1), (32,))),
          "cls_cosine": list(itertools.product((3e-5, 1e-4, 3e-4), (0.05, 0.1), (32,)))}
 CURVE_PAPERS = (250, 500, 1000, 2000)
+# (family, learning rate, temperature, batch size, budget_pairs times): the longer runs, validation only;
+# add ("semcse", 3e-5, 0.05, 64, 3) for SemCSE's chosen configuration at three times the budget
+LONGER = (("cls_euclidean", 1e-4, 0.05, 32, 5),)
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,18 @@ def curve_jobs(flags: dict) -> list[Job]:
     variants = [(f"curve-n{n}", {"max_train_papers": n}) for n in CURVE_PAPERS] + [("curve-2sum", {"max_train_summaries": 2})]
     return [Job(f"{name}-s{seed}", TABLE_CORPORA, {**semcse, **extra, "seed": seed})
             for name, extra in variants for seed in range(flags["seeds"])]
+
+
+def longer_jobs(flags: dict) -> list[Job]:
+    """LONGER's runs, seed 0, each best/ scored on the validation papers beside its untrained base."""
+    jobs = [BASES[family] for family in dict.fromkeys(f for f, *_ in LONGER)]
+    for family, lr, t, b, times in LONGER:
+        longer = budget(b, {"budget_pairs": flags["budget_pairs"] * times})
+        steps = longer["max_steps"]
+        train = {**FAMILIES[family], "learning_rate": lr, "temperature": t, **longer,
+                 "eval_every": max(steps // 10, 1), "seed": 0}
+        jobs.append(Job(f"longer-{family}-lr{lr:g}-t{t:g}-b{b}-{steps}steps", ("val",), train))
+    return jobs
 
 
 def qwen_summaries(flags: dict) -> str:
@@ -286,19 +304,20 @@ def main(phase: str = "all", **flags) -> None:
     from load_data import ensure_default_data
 
     ensure_default_data(settings.resolved().data_dir)  # ACLSum's summaries for the aclsum row
-    phases = ("sweep", "table", "curve", "report") if phase == "all" else (phase,)
+    phases = ("sweep", "table", "curve", "longer", "report") if phase == "all" else (phase,)
     started = time.time()
     for p in phases:
         if p == "sweep":
             run_jobs(sweep_jobs(flags), flags)
             choose(flags)
-        elif p in ("table", "curve"):
-            run_jobs(table_jobs(flags) if p == "table" else curve_jobs(flags), flags)
+        elif p in ("table", "curve", "longer"):
+            run_jobs({"table": table_jobs, "curve": curve_jobs, "longer": longer_jobs}[p](flags), flags)
         elif p == "report":
             from bench.reproduce_report import report
             report(flags, {corpus: folder(corpus, flags) for corpus in corpora(flags)})
         else:
-            raise settings.SettingsError(f"option '--phase' must be all, sweep, table, curve or report, got {p!r}")
+            raise settings.SettingsError(f"option '--phase' must be all, sweep, table, curve, longer or report, "
+                                         f"got {p!r}")
         print(f"phase {p} finished at {time.time() - started:.0f} s", flush=True)
 
 

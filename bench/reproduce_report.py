@@ -92,7 +92,7 @@ def report(flags: dict, folders: dict[str, str]) -> str:
         if rows:
             tables[corpus] = rows
             lines += [f"## {title}\n"] + table(rows, flags) + [""]
-    lines += claims(tables)
+    lines += claims(tables) + longer_section(out, folders["val"])
     figure = curve_figure(tables, os.path.join(ROOT, "docs", "data_size_curve.png"))
     if figure:
         lines += ["## Data-size curve\n", f"![SemCSE's four task scores against the number of training papers]"
@@ -142,6 +142,41 @@ def sweep_section(out: str) -> list[str]:
     return lines + [""]
 
 
+def longer_section(out: str, val_folder: str) -> list[str]:
+    """The longer runs (bench/reproduce.py's phase "longer"): the validation Title-Abstract rank at each of
+    their validations (from log.jsonl) and their best/ on the validation papers beside the family's base."""
+    runs = sorted(glob.glob(os.path.join(out, "runs", "longer-*", "log.jsonl")))
+    path = os.path.join(out, "sweep.json")
+    if not runs or not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        bases = json.load(f)["bases"]
+    scores = load_scores(out, val_folder)
+    lines = ["## Longer training (validation only: `data/arxiv_val.jsonl`; seed 0)\n",
+             "Does a budget beyond the search's change the picture? Validation Title-Abstract rank at each "
+             "validation (step 0 = untrained), and `best/` on the validation papers against the untrained base.\n",
+             "| run | pairs | val Title-Abstract, step: rank | best/: Title-Abstract / Segments / kNN@10 | "
+             "base: Title-Abstract / Segments / kNN@10 |", "|---|---|---|---|---|"]
+    for log in runs:
+        job = os.path.basename(os.path.dirname(log))
+        family = next((f for f in bases if job.startswith(f"longer-{f}-")), None)
+        with open(log, encoding="utf-8") as f:
+            events = [json.loads(line) for line in f if line.strip()]
+        curve = ", ".join(f"{e['step']}: {e['val_title_abstract']:.2f}"
+                          for e in events if "val_title_abstract" in e)
+        batch = re.search(r"-b(\d+)-(\d+)steps$", job)
+        pairs = f"{int(batch[1]) * int(batch[2]):,}" if batch else "?"
+        lines.append(f"| {job} | {pairs} | {curve} | {_triple(scores.get(job))} | "
+                     f"{_triple(bases.get(family))} |")
+    return lines + [""]
+
+
+def _triple(s: dict | None) -> str:
+    if not s:
+        return "not scored yet"
+    return f"{s['title_abstract']:.3f} / {s['abstract_segments']:.3f} / {s['clustering']:.3f}"
+
+
 def table(rows: dict, flags: dict) -> list[str]:
     from semcse.benchmark_tasks import perf_scores
 
@@ -157,10 +192,13 @@ def table(rows: dict, flags: dict) -> list[str]:
             continue
         cells = []
         for t in tasks:
-            m, s = mean_std(rows[key].get(t, [float("nan")]))
+            if t not in rows[key]:  # cut before this task was scored
+                cells.append("not scored")
+                continue
+            m, s = mean_std(rows[key][t])
             digits = 3 if t == "clustering" else 2
             cells.append(f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if len(rows[key].get(t, [])) > 1 else ""))
-        p = perf[key][0]
+        p = perf[key][0] if set(tasks) <= set(rows[key]) else None  # a Perf. over fewer tasks would mislead
         n = len(next(iter(rows[key].values())))
         lines.append(f"| {label}{papers(key, flags)} | {scored} | " + " | ".join(cells) +
                      f" | {'–' if p is None else f'{p:+.3f}'} | {n} |")
