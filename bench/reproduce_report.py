@@ -197,7 +197,7 @@ def table(rows: dict, flags: dict) -> list[str]:
                 continue
             m, s = mean_std(rows[key][t])
             digits = 3 if t == "clustering" else 2
-            cells.append(f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if len(rows[key].get(t, [])) > 1 else ""))
+            cells.append(f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if len(rows[key][t]) > 1 else ""))
         p = perf[key][0] if set(tasks) <= set(rows[key]) else None  # a Perf. over fewer tasks would mislead
         n = len(next(iter(rows[key].values())))
         lines.append(f"| {label}{papers(key, flags)} | {scored} | " + " | ".join(cells) +
