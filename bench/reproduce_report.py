@@ -162,11 +162,11 @@ def longer_section(out: str, val_folder: str) -> list[str]:
         family = next((f for f in bases if job.startswith(f"longer-{f}-")), None)
         with open(log, encoding="utf-8") as f:
             events = [json.loads(line) for line in f if line.strip()]
+        with open(os.path.join(os.path.dirname(log), "settings.json"), encoding="utf-8") as f:
+            run = json.load(f)  # the run's resolved settings, written beside its log
         curve = ", ".join(f"{e['step']}: {e['val_title_abstract']:.2f}"
                           for e in events if "val_title_abstract" in e)
-        batch = re.search(r"-b(\d+)-(\d+)steps$", job)
-        pairs = f"{int(batch[1]) * int(batch[2]):,}" if batch else "?"
-        lines.append(f"| {job} | {pairs} | {curve} | {_triple(scores.get(job))} | "
+        lines.append(f"| {job} | {run['batch_size'] * run['max_steps']:,} | {curve} | {_triple(scores.get(job))} | "
                      f"{_triple(bases.get(family))} |")
     return lines + [""]
 
